@@ -1,0 +1,1 @@
+"""Application families: renderers that decide what is sent for each app type."""

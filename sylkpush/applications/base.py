@@ -1,0 +1,90 @@
+"""Base classes of the renderers: a request in, headers and payload out.
+
+An application family (``sylk``, ``linphone``, a custom ``myapp``) provides,
+per platform, ``<Platform><Apptype>Headers`` and ``<Platform><Apptype>Payload``
+subclassing these.  Renderers are pure: no I/O, no logging, no clock reads
+(``now`` is passed in), so every one of them is tested by comparing literals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Dict
+
+from sylkpush.config import AppConfig
+from sylkpush.notification import Notification
+
+
+def session_id(call_id: str) -> str:
+    """The MD5 hex digest of ``call_id`` laid out as 8-4-4-4-12."""
+    digest = hashlib.md5(call_id.encode("utf-8")).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
+
+
+def base_topic(app_id: str) -> str:
+    """``app_id`` without a trailing ``.dev`` or ``.prod``."""
+    for suffix in (".dev", ".prod"):
+        if app_id.endswith(suffix):
+            return app_id[: -len(suffix)]
+    return app_id
+
+
+class Renderer:
+    """Shared constructor of the header and payload renderers."""
+
+    def __init__(self, notification: Notification, app: AppConfig, now: float) -> None:
+        self.notification = notification
+        self.app = app
+        self.now = now
+
+
+class AppleHeaders(Renderer):
+    """APNs request headers (everything except ``authorization``, which is the client's)."""
+
+    #: seconds until APNs may drop the notification
+    ttl = 120
+
+    def push_type(self) -> str:
+        return "voip" if self.notification.is_voip else "alert"
+
+    def topic(self) -> str:
+        return base_topic(self.app.app_id)
+
+    def priority(self) -> int:
+        return 10
+
+    def expiration(self) -> int:
+        return int(self.now) + self.ttl
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        return {
+            "apns-push-type": self.push_type(),
+            "apns-expiration": str(self.expiration()),
+            "apns-priority": str(self.priority()),
+            "apns-topic": self.topic(),
+        }
+
+
+class ApplePayload(Renderer):
+    """The JSON payload of an APNs request."""
+
+    @property
+    def payload(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+
+class FirebaseHeaders(Renderer):
+    """Extra HTTP headers of an FCM request (auth is the client's business)."""
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        return {}
+
+
+class FirebasePayload(Renderer):
+    """The JSON message of an FCM request (v1 form, or legacy when configured)."""
+
+    @property
+    def payload(self) -> Dict[str, Any]:
+        raise NotImplementedError

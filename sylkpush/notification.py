@@ -1,0 +1,174 @@
+"""The v1 wake-up request: its fields, aliases and validation rules (SPEC §4).
+
+:func:`parse_notification` turns the decoded JSON object into an immutable
+:class:`Notification` or raises :class:`ValidationError` naming the field and
+the rule it broke.  It knows nothing of configured applications except the
+``app_type`` passed in (for the Linphone event rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional
+
+PLATFORM_ALIASES = {
+    "apple": "apple", "ios": "apple", "apns": "apple",
+    "firebase": "firebase", "android": "firebase", "fcm": "firebase",
+}
+EVENT_ALIASES = {"incoming_conference": "incoming_conference_request"}
+EVENTS = ("incoming_session", "incoming_conference_request", "cancel", "message", "transfer")
+VOIP_EVENTS = frozenset(("incoming_session", "incoming_conference_request"))
+MEDIA_TYPES = ("audio", "video", "chat", "sms", "file-transfer", "image")
+#: media types whose requests are calls: they get the short deadline
+CALL_MEDIA = frozenset(("audio", "video"))
+TRUE_VALUES = (True, 1, "1", "true", "True", "TRUE")
+FALSE_VALUES = (False, 0, "0", "false", "False", "FALSE")
+
+
+class ValidationError(ValueError):
+    """A field of the request is missing or invalid."""
+
+    def __init__(self, field_name: str, rule: str) -> None:
+        super().__init__(f"{field_name} {rule}")
+        self.field = field_name
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A validated wake-up request."""
+
+    app_id: str
+    platform: str
+    token: str
+    call_id: str
+    sip_from: str
+    sip_to: str
+    event: str = "incoming_session"
+    media_type: Optional[str] = None
+    device_id: Optional[str] = None
+    from_display_name: Optional[str] = None
+    silent: bool = True
+    reason: Optional[str] = None
+    badge: int = 1
+    account: Optional[str] = None
+    content: Optional[str] = None
+    content_type: Optional[str] = None
+    filename: Optional[str] = None
+    filetype: Optional[str] = None
+    #: the body as received, for logs and remote logging
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def request_id(self) -> str:
+        """The id that tags every log line about this request."""
+        return f"{self.event}-{self.app_id}-{self.call_id}"
+
+    @property
+    def is_voip(self) -> bool:
+        return self.event in VOIP_EVENTS
+
+    @property
+    def is_call(self) -> bool:
+        """Calls and their cancels get the short retry budget."""
+        return self.event == "cancel" or self.media_type in CALL_MEDIA
+
+
+def _string(body: Mapping[str, Any], key: str, required: bool) -> Optional[str]:
+    value = body.get(key)
+    if value is None or value == "":
+        if required:
+            raise ValidationError(key, "is required")
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(key, "must be a string")
+    return value
+
+
+def _choice(value: str, key: str, choices: Any) -> str:
+    if value not in choices:
+        raise ValidationError(key, "must be one of " + ", ".join(choices))
+    return value
+
+
+def _bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    # bool is an int subclass: check identity with True/False first
+    if isinstance(value, (bool, int, str)) and value in TRUE_VALUES:
+        return True
+    if isinstance(value, (bool, int, str)) and value in FALSE_VALUES:
+        return False
+    raise ValidationError(key, "must be a boolean (true/false, 1/0)")
+
+
+def _int(body: Mapping[str, Any], key: str, default: int) -> int:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValidationError(key, "must be an integer")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValidationError(key, "must be an integer") from None
+    if number < 0:
+        raise ValidationError(key, "must not be negative")
+    return number
+
+
+def parse_platform(body: Mapping[str, Any]) -> str:
+    """The canonical platform name of the request (``apple``/``firebase``)."""
+    value = _string(body, "platform", True)
+    return _choice(PLATFORM_ALIASES.get(value.lower(), value), "platform",
+                   sorted(PLATFORM_ALIASES))
+
+
+def parse_app_id(body: Mapping[str, Any]) -> str:
+    return _string(body, "app-id", True)
+
+
+def parse_notification(body: Mapping[str, Any], app_type: str,
+                       platform: Optional[str] = None) -> Notification:
+    """Validate ``body`` for an application of ``app_type``.
+
+    ``platform`` is the canonical platform, when the caller resolved it
+    already (custom push services have their own names).
+    """
+    app_id = parse_app_id(body)
+    platform = platform or parse_platform(body)
+    token = _string(body, "token", True)
+    call_id = _string(body, "call-id", True)
+    sip_from = _string(body, "from", True)
+    sip_to = _string(body, "to", True)
+    display = _string(body, "from-display-name", False)
+    if display is None:
+        display = _string(body, "from_display_name", False)
+
+    event = _string(body, "event", app_type != "linphone")
+    if app_type == "linphone":
+        event = event or "incoming_session"
+        if event != "incoming_session":
+            raise ValidationError("event", "must be incoming_session for linphone applications")
+    event = _choice(EVENT_ALIASES.get(event, event), "event", EVENTS)
+
+    media_type = _string(body, "media-type", event != "cancel")
+    if media_type is not None:
+        media_type = _choice(media_type, "media-type", MEDIA_TYPES)
+
+    return Notification(
+        app_id=app_id, platform=platform, token=token, call_id=call_id,
+        sip_from=sip_from, sip_to=sip_to, event=event, media_type=media_type,
+        device_id=_string(body, "device-id", False),
+        from_display_name=display,
+        silent=_bool(body, "silent", True),
+        reason=_string(body, "reason", False),
+        badge=_int(body, "badge", 1),
+        account=_string(body, "account", False),
+        content=_string(body, "content", False),
+        content_type=_string(body, "content-type", False),
+        filename=_string(body, "filename", False),
+        filetype=_string(body, "filetype", False),
+        raw=dict(body),
+    )
