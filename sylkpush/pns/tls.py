@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from OpenSSL import crypto
 from twisted.internet import ssl
-from twisted.internet._sslverify import IOpenSSLTrustRoot  # public in ssl.py only as a type
+from twisted.internet._sslverify import IOpenSSLTrustRoot  # not re-exported by twisted.internet.ssl
 from zope.interface import implementer
 
 from sylkpush.pns.base import ConfigError
