@@ -9,7 +9,7 @@ the rule it broke.  It knows nothing of configured applications except the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 PLATFORM_ALIASES = {
     "apple": "apple", "ios": "apple", "apns": "apple",
@@ -118,11 +118,12 @@ def _int(body: Mapping[str, Any], key: str, default: int) -> int:
     return number
 
 
-def parse_platform(body: Mapping[str, Any]) -> str:
-    """The canonical platform name of the request (``apple``/``firebase``)."""
-    value = _string(body, "platform", True)
-    return _choice(PLATFORM_ALIASES.get(value.lower(), value), "platform",
-                   sorted(PLATFORM_ALIASES))
+def parse_platform(body: Mapping[str, Any], custom: Iterable[str] = ()) -> str:
+    """The canonical platform name of the request (``apple``, ``firebase``,
+    or one of the ``custom`` push services configured)."""
+    value = _string(body, "platform", True).lower()
+    return _choice(PLATFORM_ALIASES.get(value, value), "platform",
+                   sorted(set(PLATFORM_ALIASES) | set(custom)))
 
 
 def parse_app_id(body: Mapping[str, Any]) -> str:
@@ -131,11 +132,8 @@ def parse_app_id(body: Mapping[str, Any]) -> str:
 
 def parse_notification(body: Mapping[str, Any], app_type: str,
                        platform: Optional[str] = None) -> Notification:
-    """Validate ``body`` for an application of ``app_type``.
-
-    ``platform`` is the canonical platform, when the caller resolved it
-    already (custom push services have their own names).
-    """
+    """Validate ``body`` for an application of ``app_type`` on ``platform``
+    (the canonical name :func:`parse_platform` returned; parsed when None)."""
     app_id = parse_app_id(body)
     platform = platform or parse_platform(body)
     token = _string(body, "token", True)

@@ -1,0 +1,37 @@
+# Sylk Pushserver: everything a developer needs, from a fresh machine.
+#   make run    create .venv and start the daemon (with the demo fakes) on ./config
+#   make test   create .venv and run the trial suite
+#   make test-debian   run the suite on Debian 12's packaged libraries (/usr/bin/python3)
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := python3-twisted python3-treq python3-h2 python3-jwt python3-google-auth \
+	python3-openssl python3-service-identity python3-systemd python3-prometheus-client \
+	python3-hypothesis
+TESTS ?= tests
+
+.PHONY: run test test-debian debian-deps bench soak clean
+
+$(STAMP): requirements.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	PYTHONPATH=. $(VPY) scripts/demo-run
+
+test: $(STAMP)
+	PYTHONPATH=. $(VPY) -m twisted.trial $(TESTS)
+
+debian-deps:
+	@dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); }
+
+test-debian: debian-deps
+	PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(TESTS)
+
+clean:
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info run

@@ -1,0 +1,105 @@
+"""Command line of ``sylk-pushserver`` and of the twistd plugin."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from twisted.python import usage
+
+from sylkpush import __version__
+from sylkpush.config import ConfigFileError, Settings, find_config_dir, load_settings
+from sylkpush.logs import setup_logging, stop_logging
+
+log = logging.getLogger("sylkpush")
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sylk-pushserver",
+        description="Sylk Pushserver: relays wake-up requests to Apple and Firebase push services.")
+    parser.add_argument("--config_dir", metavar="DIR",
+                        help="configuration directory (default: /etc/sylk-pushserver, else ./config)")
+    parser.add_argument("--ip", metavar="ADDRESS", help="listen address (overrides general.ini)")
+    parser.add_argument("--port", type=int, metavar="PORT", help="listen port (overrides general.ini)")
+    parser.add_argument("--no-fork", dest="no_fork", action="store_true",
+                        help="stay in the foreground and log to the console")
+    parser.add_argument("--debug", action="store_true", default=None,
+                        help="log headers and bodies of every request")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def read_settings(config_dir: Optional[str], ip: Optional[str], port: Optional[int],
+                  debug: Optional[bool]) -> Settings:
+    """The settings, or ConfigFileError with a message for the operator."""
+    directory = find_config_dir(config_dir)
+    return load_settings(directory, host=ip, port=port, debug=debug)
+
+
+def daemonize() -> None:
+    """Detach from the terminal (double fork); stderr stays for fallback logging."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = argument_parser().parse_args(argv)
+    try:
+        settings = read_settings(args.config_dir, args.ip, args.port, args.debug)
+    except ConfigFileError as exc:
+        print(f"sylk-pushserver: {exc}", file=sys.stderr)
+        return 1
+    if not args.no_fork:
+        daemonize()
+    setup_logging(foreground=args.no_fork, debug=settings.debug,
+                  log_file=settings.log_file if settings.log_to_file else "",
+                  debug_hpack=settings.debug_hpack)
+    log.info("Sylk Pushserver %s starting with configuration in %s", __version__, settings.config_dir)
+
+    from twisted.internet import reactor
+    from sylkpush.service import PushServer
+    try:
+        server = PushServer(settings, reactor)
+    except ConfigFileError as exc:
+        log.error("%s", exc)
+        stop_logging()
+        print(f"sylk-pushserver: {exc}", file=sys.stderr)
+        return 1
+    exit_code = []
+
+    def start() -> None:
+        try:
+            server.startService()
+        except Exception as exc:  # e.g. the port is taken: say so and stop
+            log.error("cannot start: %s", exc)
+            exit_code.append(1)
+            reactor.stop()
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    reactor.run()
+    log.info("Sylk Pushserver stopped")
+    stop_logging()
+    return exit_code[0] if exit_code else 0
+
+
+class PluginOptions(usage.Options):
+    """Options of ``twistd sylk-pushserver``."""
+
+    optParameters = [
+        ["config_dir", None, None, "configuration directory"],
+        ["ip", None, None, "listen address (overrides general.ini)"],
+        ["port", None, None, "listen port (overrides general.ini)", int],
+    ]
+    optFlags = [["debug", None, "log headers and bodies of every request"]]

@@ -1,0 +1,165 @@
+"""From a decoded wake-up request to a push result (SPEC §4–§6).
+
+:meth:`Dispatcher.prepare` validates the request, finds its application and
+renders headers and payload; :meth:`Dispatcher.deliver` hands the result to
+the application's push client and reports the outcome.  The HTTP layer calls
+both, in one go or (``return_async = false``) with a 202 in between.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from twisted.internet.interfaces import IReactorTime
+
+from sylkpush.notification import Notification, ValidationError, parse_app_id, parse_notification, parse_platform
+from sylkpush.pns.base import OutgoingPush, PushResult
+from sylkpush.registry import Application, AppRegistry
+
+log = logging.getLogger(__name__)
+
+#: retry budgets (SPEC §6): calls and their cancels, everything else
+CALL_DEADLINE = 64.0
+OTHER_DEADLINE = 17 * 60.0
+
+
+class ApiError(Exception):
+    """A request that is answered with ``code`` without being pushed."""
+
+    def __init__(self, code: int, description: str, data: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.data = data or {}
+
+
+@dataclass
+class PreparedPush:
+    """A validated request with its application and rendered push."""
+
+    notification: Notification
+    app: Application
+    push: OutgoingPush
+    client_address: str
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def request_id(self) -> str:
+        return self.push.request_id
+
+
+@dataclass
+class Answer:
+    """What the HTTP layer sends back: status, description and data."""
+
+    code: int
+    description: str
+    data: Dict[str, Any]
+
+    def envelope(self) -> Dict[str, Any]:
+        return {"code": self.code, "description": self.description, "data": self.data}
+
+
+#: an observer sees every finished push (metrics, remote logging); it must not raise
+ResultObserver = Callable[[PreparedPush, PushResult], None]
+
+
+def result_data(prepared: PreparedPush, result: PushResult) -> Dict[str, Any]:
+    """The ``data`` object of a push answer (SPEC §4)."""
+    return {
+        "code": result.code,
+        "reason": result.reason,
+        "url": result.url,
+        "platform": prepared.notification.platform,
+        "call_id": prepared.notification.call_id,
+        "token": prepared.notification.token,
+        "body": result.body if isinstance(result.body, dict) else {},
+    }
+
+
+def answer_for(prepared: PreparedPush, result: PushResult) -> Answer:
+    description = ("push notification response" if result.code == 200
+                   else f"push notification failed: {result.reason}")
+    return Answer(result.code, description, result_data(prepared, result))
+
+
+class Dispatcher:
+    """Validates, renders and sends; one per running server."""
+
+    def __init__(self, registry: Callable[[], AppRegistry], reactor: IReactorTime) -> None:
+        #: a callable so that a reload's new registry is seen by the next request
+        self._registry = registry
+        self.reactor = reactor
+        self.observers: List[ResultObserver] = []
+
+    def prepare(self, body: Any, client_address: str) -> PreparedPush:
+        """Validate and render; raises :class:`ApiError` for every refusal."""
+        if not isinstance(body, Mapping):
+            raise ApiError(400, "request body must be a JSON object")
+        registry = self._registry()
+        try:
+            platform = parse_platform(body, registry.platforms)
+            app_id = parse_app_id(body)
+        except ValidationError as exc:
+            raise ApiError(400, str(exc), {"field": exc.field}) from None
+        app = registry.get(app_id, platform)
+        if app is None:
+            raise ApiError(404, f"{platform.capitalize()} {app_id} app is not configured")
+        try:
+            notification = parse_notification(body, app.config.app_type, platform)
+        except ValidationError as exc:
+            raise ApiError(400, str(exc), {"field": exc.field}) from None
+
+        now = self.reactor.seconds()
+        request_id = notification.request_id
+        log.info("%s: incoming request from %s: from %s to %s device %s token %s", request_id,
+                 client_address, notification.sip_from, notification.sip_to,
+                 notification.device_id or "-", notification.token)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: incoming body %s", request_id, json.dumps(notification.raw, sort_keys=True))
+        wall_clock = time.time()
+        try:
+            headers = app.headers_class(notification, app.config, wall_clock).headers
+            payload = app.payload_class(notification, app.config, wall_clock).payload
+        except Exception:
+            log.exception("%s: %s renderer failed", request_id, app.config.app_type)
+            raise ApiError(500, f"internal error rendering the {app.config.app_type} notification") from None
+        if not isinstance(headers, dict) or not isinstance(payload, dict):
+            log.error("%s: %s renderers returned %r and %r instead of dicts", request_id,
+                      app.config.app_type, type(headers).__name__, type(payload).__name__)
+            raise ApiError(500, f"internal error rendering the {app.config.app_type} notification")
+        budget = CALL_DEADLINE if notification.is_call else OTHER_DEADLINE
+        push = OutgoingPush(request_id=request_id, token=notification.token, headers=headers,
+                            payload=payload, deadline=now + budget, voip=notification.is_voip)
+        return PreparedPush(notification, app, push, client_address)
+
+    async def deliver(self, prepared: PreparedPush) -> Answer:
+        """Send through the application's client; the answer for the caller."""
+        app = prepared.app
+        if app.client is None:
+            result = PushResult(503, f"push service for {app.label} is not available: {app.client_problem}", "")
+        else:
+            try:
+                result = await app.client.send(prepared.push)
+            except Exception:
+                log.exception("%s: push client failed", prepared.request_id)
+                result = PushResult(500, "internal error in the push service client", "")
+        log.info("%s: result %s %s", prepared.request_id, result.code, result.reason)
+        for observer in list(self.observers):
+            try:
+                observer(prepared, result)
+            except Exception:
+                log.exception("%s: result observer %r failed", prepared.request_id, observer)
+        return answer_for(prepared, result)
+
+    async def dispatch(self, body: Any, client_address: str) -> Answer:
+        """prepare + deliver, with refusals turned into answers."""
+        try:
+            prepared = self.prepare(body, client_address)
+        except ApiError as exc:
+            return Answer(exc.code, exc.description, exc.data)
+        return await self.deliver(prepared)

@@ -1,0 +1,136 @@
+"""Logging set-up (SPEC §8): console, systemd journal, optional file.
+
+Handlers that write to files or sockets run in a listener thread behind a
+bounded queue, so a slow disk or journal never blocks the reactor; when the
+queue is full, records are dropped and counted rather than waited for.
+A filter redacts credentials from every record as a last line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import queue
+import re
+import sys
+from typing import List, Optional
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+QUEUE_LIMIT = 10_000
+
+_SECRET_PATTERNS = [
+    # bearer JWTs and OAuth access tokens, legacy "key=" keys
+    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1<redacted>"),
+    (re.compile(r"(?i)(['\"]?authorization['\"]?\s*[:=]\s*['\"]?key=)[^'\"\s,}]+"), r"\1<redacted>"),
+    (re.compile(r"(?i)(['\"]?(?:access_token|assertion|private_key)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}&]+"),
+     r"\1<redacted>"),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+     "<redacted private key>"),
+    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"), "<redacted jwt>"),
+]
+
+
+def redact(text: str) -> str:
+    """``text`` with JWTs, access tokens, legacy keys and private keys removed."""
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message with :func:`redact`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+class DroppingQueueHandler(logging.handlers.QueueHandler):
+    """A QueueHandler that drops records when its bounded queue is full."""
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+def journal_handler() -> Optional[logging.Handler]:
+    """A handler for the systemd journal, or None when there is no journal."""
+    if not os.path.exists(JOURNAL_SOCKET):
+        return None
+    try:
+        from systemd.journal import JournalHandler  # python3-systemd
+    except ImportError:
+        return None
+    return JournalHandler(SYSLOG_IDENTIFIER="sylk-pushserver")
+
+
+_listener: Optional[logging.handlers.QueueListener] = None
+
+
+def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
+                  debug_hpack: bool = False) -> logging.Logger:
+    """Route the ``sylkpush`` loggers (and Twisted's) to their destinations.
+
+    Foreground: the console.  As a service: the journal, or stderr when no
+    journal is reachable.  ``log_file`` adds a file (reopened after rotation).
+    """
+    global _listener
+    stop_logging()
+    handlers: List[logging.Handler] = []
+    destination = None if foreground else journal_handler()
+    if destination is None:
+        destination = logging.StreamHandler(sys.stderr)
+        destination.setFormatter(logging.Formatter(FORMAT))
+    handlers.append(destination)
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        file_handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter(FORMAT))
+        handlers.append(file_handler)
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    records: "queue.Queue[logging.LogRecord]" = queue.Queue(QUEUE_LIMIT)
+    queue_handler = DroppingQueueHandler(records)
+    queue_handler.addFilter(RedactingFilter())
+    root.addHandler(queue_handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # hpack traces are very verbose: only with debug_hpack
+    for name in ("hpack", "h2"):
+        logging.getLogger(name).setLevel(logging.DEBUG if (debug and debug_hpack) else logging.WARNING)
+    _listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=False)
+    _listener.start()
+    _forward_twisted_logs()
+    return logging.getLogger("sylkpush")
+
+
+def stop_logging() -> None:
+    """Flush and stop the listener thread (at exit)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+
+
+_twisted_forwarded = False
+
+
+def _forward_twisted_logs() -> None:
+    """Send twisted.logger events into stdlib logging, once per process."""
+    global _twisted_forwarded
+    if _twisted_forwarded:
+        return
+    from twisted.logger import STDLibLogObserver, globalLogBeginner
+    globalLogBeginner.beginLoggingTo([STDLibLogObserver(name="twisted")],
+                                     discardBuffer=False, redirectStandardIO=False)
+    _twisted_forwarded = True

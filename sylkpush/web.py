@@ -1,0 +1,190 @@
+"""The HTTP API (SPEC §4): Twisted resources that speak JSON only.
+
+Every answer, errors included, is ``{"code", "description", "data"}`` with
+the HTTP status equal to ``code``; no path leads to Twisted's HTML pages or a
+traceback.  Each request is answered exactly once, even when the client has
+gone away meanwhile.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from twisted.internet.defer import ensureDeferred
+from twisted.python.failure import Failure
+from twisted.web import http, resource, server
+
+from sylkpush import __version__
+from sylkpush.dispatch import Answer, ApiError, Dispatcher
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+
+
+def write_json(request: server.Request, code: int, description: str,
+               data: Optional[Dict[str, Any]] = None) -> bytes:
+    """Set status and headers of ``request``; the JSON body to return."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps({"code": code, "description": description, "data": data or {}}).encode("utf-8")
+
+
+class ApiRequest(server.Request):
+    """A Request that stops buffering a body past :data:`MAX_BODY` and
+    answers internal errors with JSON instead of an HTML traceback."""
+
+    body_too_large = False
+
+    def gotLength(self, length: Optional[int]) -> None:
+        if length is not None and length > MAX_BODY:
+            self.body_too_large = True
+            length = 0  # keep an empty in-memory buffer
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        if self.content.tell() + len(data) > MAX_BODY:  # chunked bodies have no length
+            self.body_too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+    def processingFailed(self, reason: Failure) -> None:
+        log.error("unhandled error answering %s %s: %s", self.method, self.uri,
+                  reason.getTraceback())
+        if self.finished or self._disconnected:
+            return
+        body = write_json(self, 500, "internal server error")
+        self.setHeader(b"content-length", str(len(body)).encode("ascii"))
+        self.write(body)
+        self.finish()
+
+
+class JsonResource(resource.Resource):
+    """A leaf whose 404/405 answers are JSON too."""
+
+    isLeaf = True
+
+    def render(self, request: server.Request) -> Any:
+        try:
+            return super().render(request)
+        except server.UnsupportedMethod as exc:
+            request.setHeader(b"allow", b", ".join(exc.allowedMethods))
+            method = request.method.decode("ascii", "replace")
+            return write_json(request, 405, f"method {method} is not allowed on this path")
+
+
+class NotFound(JsonResource):
+    def render(self, request: server.Request) -> bytes:
+        return write_json(request, 404, "no such resource")
+
+
+class Forbidden(JsonResource):
+    def render(self, request: server.Request) -> bytes:
+        return write_json(request, 403, "access denied by access list")
+
+
+class Welcome(JsonResource):
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return f"Sylk Pushserver {__version__}: POST wake-up requests to /push\n".encode("utf-8")
+
+
+def client_address(request: server.Request) -> str:
+    address = request.getClientAddress()
+    return getattr(address, "host", str(address))
+
+
+class PushResource(JsonResource):
+    """``POST /push``: one wake-up request in, one push result out."""
+
+    def __init__(self, dispatcher: Dispatcher, return_async: Callable[[], bool]) -> None:
+        super().__init__()
+        self.dispatcher = dispatcher
+        self.return_async = return_async
+
+    def render_POST(self, request: server.Request) -> Any:
+        if getattr(request, "body_too_large", False):
+            return write_json(request, 413, f"request body is larger than {MAX_BODY} bytes")
+        raw = request.content.read()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return write_json(request, 400, f"request body is not valid JSON: {exc}")
+        address = client_address(request)
+        try:
+            prepared = self.dispatcher.prepare(body, address)
+        except ApiError as exc:
+            log.info("refused request from %s: %s %s", address, exc.code, exc.description)
+            return write_json(request, exc.code, exc.description, exc.data)
+        delivery = ensureDeferred(self.dispatcher.deliver(prepared))
+        if not self.return_async():
+            delivery.addErrback(self._unexpected, prepared.request_id)
+            return write_json(request, 202, "accepted for delivery")
+
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(result: Answer) -> None:
+            if gone or request.finished:
+                log.info("%s: caller went away before the answer %s", prepared.request_id, result.code)
+                return
+            request.write(write_json(request, result.code, result.description, result.data))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            self._unexpected(failure, prepared.request_id)
+            answer(Answer(500, "internal server error", {}))
+
+        delivery.addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _unexpected(failure: Failure, request_id: str) -> None:
+        log.error("%s: unexpected error: %s", request_id, failure.getTraceback())
+
+
+class Root(resource.Resource):
+    """Routes by path and applies ``allowed_hosts`` before anything else."""
+
+    def __init__(self, allowed: Sequence[Any] = ()) -> None:
+        super().__init__()
+        self.allowed = tuple(allowed)
+        self.welcome = Welcome()
+
+    def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.IResource:
+        if self.allowed and not self._allowed(client_address(request)):
+            return Forbidden()
+        if path == b"" and not request.postpath:
+            return self.welcome
+        child = self.children.get(path)
+        if child is None or (request.postpath and child.isLeaf and request.postpath != [b""]):
+            return NotFound()
+        return child
+
+    def _allowed(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        if getattr(address, "ipv4_mapped", None):
+            address = address.ipv4_mapped
+        return any(address in network for network in self.allowed)
+
+
+def make_site(dispatcher: Dispatcher, allowed: Sequence[Any] = (),
+              return_async: Callable[[], bool] = lambda: True) -> server.Site:
+    """The API's Site: /, /push; more routes are added with ``site.resource.putChild``."""
+    root = Root(allowed)
+    root.putChild(b"push", PushResource(dispatcher, return_async))
+    site = server.Site(root)
+    site.requestFactory = ApiRequest
+    site.displayTracebacks = False
+    site.noisy = False
+    return site

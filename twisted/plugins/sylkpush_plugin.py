@@ -1,0 +1,38 @@
+"""twistd plugin: ``twistd -n sylk-pushserver --config_dir DIR``."""
+
+from zope.interface import implementer
+
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin
+
+
+@implementer(IServiceMaker, IPlugin)
+class SylkPushServiceMaker:
+    tapname = "sylk-pushserver"
+    description = "Sylk Pushserver: Apple and Firebase push notifications for RTC servers"
+
+    @property
+    def options(self):
+        from sylkpush.cli import PluginOptions
+        return PluginOptions
+
+    def makeService(self, options):
+        from twisted.python import usage
+
+        from sylkpush.cli import read_settings
+        from sylkpush.config import ConfigFileError
+        from sylkpush.logs import setup_logging
+        from sylkpush.service import PushServer
+        try:
+            settings = read_settings(options["config_dir"], options["ip"], options["port"],
+                                     options["debug"] or None)
+        except ConfigFileError as exc:
+            raise usage.UsageError(str(exc))
+        parent = getattr(options, "parent", None) or {}
+        setup_logging(foreground=bool(parent.get("nodaemon")), debug=settings.debug,
+                      log_file=settings.log_file if settings.log_to_file else "",
+                      debug_hpack=settings.debug_hpack)
+        return PushServer(settings)
+
+
+serviceMaker = SylkPushServiceMaker()
