@@ -9,7 +9,8 @@ subclassing these.  Renderers are pure: no I/O, no logging, no clock reads
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Dict
+import json
+from typing import Any, Dict, Mapping
 
 from sylkpush.config import AppConfig
 from sylkpush.notification import Notification
@@ -27,6 +28,33 @@ def base_topic(app_id: str) -> str:
         if app_id.endswith(suffix):
             return app_id[: -len(suffix)]
     return app_id
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as JSON without spaces (nested values inside FCM data)."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def fcm_data(values: Mapping[str, Any]) -> Dict[str, str]:
+    """An FCM ``data`` map: FCM v1 rejects any value that is not a string.
+
+    None becomes ``""`` (the key stays, so an app sees the same keys for an
+    event whatever the caller sent), numbers their decimal text, booleans
+    ``"true"``/``"false"``, and lists and objects compact JSON.
+    """
+    data = {}
+    for key, value in values.items():
+        if value is None:
+            data[key] = ""
+        elif isinstance(value, str):
+            data[key] = value
+        elif isinstance(value, bool):
+            data[key] = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            data[key] = str(value)
+        else:
+            data[key] = compact_json(value)
+    return data
 
 
 class Renderer:
@@ -83,8 +111,42 @@ class FirebaseHeaders(Renderer):
 
 
 class FirebasePayload(Renderer):
-    """The JSON message of an FCM request (v1 form, or legacy when configured)."""
+    """The JSON message of an FCM request (v1 form, or legacy when configured).
+
+    Subclasses usually only provide :meth:`data`; :attr:`payload` wraps it in
+    the v1 ``message`` (``android`` priority high, ``ttl``) or, for an app
+    configured with a legacy server key, in the legacy form
+    ``{to, priority, time_to_live, data}``.
+    """
+
+    #: seconds FCM keeps an undelivered message (v1 ``android.ttl``)
+    ttl = 60
+    #: seconds FCM keeps an undelivered message (legacy ``time_to_live``)
+    legacy_ttl = 60
+
+    def data(self) -> Dict[str, Any]:
+        """The ``data`` map; values are turned into strings by :func:`fcm_data`."""
+        raise NotImplementedError
+
+    def v1_message(self) -> Dict[str, Any]:
+        """The v1 ``message`` object; override to add ``apns``, ``notification``..."""
+        return {
+            "token": self.notification.token,
+            "data": fcm_data(self.data()),
+            "android": {"priority": "high", "ttl": f"{self.ttl}s"},
+        }
+
+    def legacy_payload(self) -> Dict[str, Any]:
+        """The body for the legacy ``/fcm/send`` API."""
+        return {
+            "to": self.notification.token,
+            "priority": "high",
+            "time_to_live": self.legacy_ttl,
+            "data": fcm_data(self.data()),
+        }
 
     @property
     def payload(self) -> Dict[str, Any]:
-        raise NotImplementedError
+        if self.app.firebase_legacy:
+            return self.legacy_payload()
+        return {"message": self.v1_message()}
