@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import defer
+import treq
+
+from treq.client import HTTPClient
+from twisted.internet import defer, reactor, ssl, task
 from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.trial import unittest
 
 from sylkpush.pns.base import PushResult
@@ -137,7 +141,7 @@ class PushApiTests(unittest.TestCase):
     def test_wrong_method_and_unknown_path(self):
         code, body, response = yield post(self.push_url, None, method="GET")
         self.assertEqual((code, body["code"]), (405, 405))
-        self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"POST"])
+        self.assertIn(b"POST", response.headers.getRawHeaders(b"allow")[0])
         code, body, _ = yield post(self.url + "/nowhere", wakeup())
         self.assertEqual((code, body["description"]), (404, "no such resource"))
         code, body, _ = yield post(self.push_url + "/extra", wakeup())
@@ -174,26 +178,25 @@ class PushApiTests(unittest.TestCase):
         yield post(self.push_url, wakeup(media_type="video"))
         yield post(self.push_url, wakeup(event="message", media_type="sms", content="hi", content_type="text/plain"))
         call, message = self.client().sent
-        self.assertAlmostEqual(call.deadline - now, 64, delta=5)
-        self.assertAlmostEqual(message.deadline - now, 17 * 60, delta=5)
+        self.assertTrue(64 <= call.deadline - now < 69, call.deadline - now)
+        self.assertTrue(17 * 60 <= message.deadline - now < 17 * 60 + 5, message.deadline - now)
 
     @defer.inlineCallbacks
     def test_caller_gone_before_answer(self):
         pending = Deferred()
         self.client().answers["slow"] = pending
-        from twisted.internet import reactor
-        import treq
         request = treq.post(self.push_url, json=wakeup(token="slow"), persistent=False)
+        cancelled = []
+        request.addErrback(cancelled.append)
         yield deferLater(reactor, 0.05)
         request.cancel()
         yield deferLater(reactor, 0.05)
         pending.callback(PushResult(200, "OK", "u"))
         self.assertEqual(len(self.client().sent), 1)
-        self.flushLoggedErrors()
+        self.assertEqual(len(cancelled), 1)
 
 
 def deferLater(reactor, delay):
-    from twisted.internet import task
     return task.deferLater(reactor, delay, lambda: None)
 
 
@@ -241,21 +244,16 @@ class AccessAndModeTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_tls_listening(self):
         ca = CertificateAuthority()
-        directory = self.mktemp()
+        directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         pem, _ = ca.server(("127.0.0.1",)).write(directory, "api", combined=True)
         ca_path = ca.write(directory)
         _, url = start_server(self, SYLK_APPLE, f"[server]\ntls_certificate = {pem}\n")
-        from twisted.internet import ssl
-        from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
-        import treq
         with open(ca_path, "rb") as stream:
             trust = ssl.Certificate.loadPEM(stream.read())
-        agent = Agent(__import__("twisted.internet.reactor", fromlist=["reactor"]),
-                      BrowserLikePolicyForHTTPS(trustRoot=trust),
-                      pool=__import__("twisted.web.client", fromlist=["HTTPConnectionPool"]).HTTPConnectionPool(
-                          __import__("twisted.internet.reactor", fromlist=["reactor"]), persistent=False))
-        client = treq.client.HTTPClient(agent)
+        agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=trust),
+                      pool=HTTPConnectionPool(reactor, persistent=False))
+        client = HTTPClient(agent)
         self.assertTrue(url.startswith("https://"))
         response = yield client.post(url + "/push", json=wakeup())
         body = yield response.json()
