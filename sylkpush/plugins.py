@@ -1,8 +1,11 @@
 """Loading operators' own Python modules: custom applications and push services.
 
-A custom module is a file ``<name>.py`` in a configured directory.  Each is
-imported once per process under a private name, so two directories may hold
-modules of the same name without clashing.
+A custom module is a file ``<name>.py`` in a configured directory
+(``extra_applications_dir`` or ``extra_pns_dir``).  Modules are cached by
+path, modification time and size: an edited module is loaded again on the
+next configuration reload, an unchanged one is reused.  Anything wrong is a
+:class:`~sylkpush.pns.base.ConfigError` naming the file, so the caller can
+leave the applications that need it out with one clear log line.
 """
 
 from __future__ import annotations
@@ -15,41 +18,59 @@ from typing import Dict, Tuple, Type
 
 from sylkpush.pns.base import ConfigError, PushClient
 
-_loaded: Dict[Tuple[str, str], ModuleType] = {}
+#: prefix of the sys.modules names of the modules loaded from configured directories
+EXTRA_PACKAGE = "sylkpush_extra"
+
+_loaded: Dict[str, Tuple[int, int, ModuleType]] = {}
 
 
-def load_extra_module(directory: str, name: str) -> ModuleType:
-    """Import ``directory/name.py``; ConfigError saying why when it cannot be."""
-    path = os.path.join(directory, f"{name}.py")
-    key = (os.path.abspath(path), str(os.path.getmtime(path)) if os.path.exists(path) else "")
-    if key in _loaded:
-        return _loaded[key]
-    if not os.path.isfile(path):
-        raise ConfigError(f"module {name} not found: no file {path}")
-    module_name = f"sylkpush_extra_{abs(hash(key[0])):x}_{name}"
+def load_extra_module(directory: str, name: str, kind: str) -> ModuleType:
+    """Import ``directory/name.py``; ``kind`` (e.g. ``application``) names it in errors."""
+    if not name.isidentifier():
+        raise ConfigError(f"{kind} {name!r} is not a valid module name")
+    if not directory:
+        raise ConfigError(f"{kind} {name} is not built in and no directory for custom modules is set")
+    path = os.path.abspath(os.path.join(directory, name + ".py"))
+    try:
+        stat = os.stat(path)
+    except OSError:
+        raise ConfigError(f"{kind} module {path} for {name} does not exist") from None
+    cached = _loaded.get(path)
+    if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
+        return cached[2]
+    module_name = f"{EXTRA_PACKAGE}.{kind.replace(' ', '_')}.{name}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"module {path} cannot be loaded")
+        raise ConfigError(f"{kind} module {path} cannot be loaded")
     module = importlib.util.module_from_spec(spec)
+    # registered while it runs so dataclasses and typing can find it
+    previous = sys.modules.get(module_name)
+    sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # any error in an operator's module disables only its apps
-        raise ConfigError(f"module {path} failed to import: {type(exc).__name__}: {exc}") from None
-    sys.modules[module_name] = module
-    _loaded[key] = module
+        if previous is None:
+            sys.modules.pop(module_name, None)
+        else:
+            sys.modules[module_name] = previous
+        raise ConfigError(f"{kind} module {path} failed to import: {type(exc).__name__}: {exc}") from None
+    _loaded[path] = (stat.st_mtime_ns, stat.st_size, module)
     return module
 
 
-def module_class(module: ModuleType, class_name: str, base: type) -> type:
-    """``module.class_name``, which must subclass ``base``."""
-    found = getattr(module, class_name, None)
-    if not isinstance(found, type) or not issubclass(found, base):
-        raise ConfigError(f"module {module.__file__} has no class {class_name} "
-                          f"subclassing {base.__module__}.{base.__qualname__}")
-    return found
+def clear_cache() -> None:
+    """Forget every module loaded from the configured directories."""
+    _loaded.clear()
+    for name in [name for name in sys.modules if name.startswith(EXTRA_PACKAGE + ".")]:
+        del sys.modules[name]
 
 
 def custom_client_class(platform: str, directory: str) -> Type[PushClient]:
     """``<Platform>Client`` from ``directory/<platform>.py``."""
-    module = load_extra_module(directory, platform)
-    return module_class(module, f"{platform.capitalize()}Client", PushClient)
+    module = load_extra_module(directory, platform, "push service")
+    name = f"{platform.capitalize()}Client"
+    found = getattr(module, name, None)
+    if not (isinstance(found, type) and issubclass(found, PushClient)):
+        raise ConfigError(f"push service module {module.__file__} has no class {name} "
+                          f"subclassing sylkpush.pns.base.PushClient")
+    return found
