@@ -1,0 +1,185 @@
+"""general.ini and applications.ini: defaults, overrides, broken sections."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+
+from twisted.trial import unittest
+
+from sylkpush.config import (ConfigFileError, find_config_dir, load_applications, load_settings,
+                             parse_networks)
+from tests.helpers import make_config_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class SettingsTests(unittest.TestCase):
+
+    def test_defaults_without_general_ini(self):
+        directory = make_config_dir("")
+        settings = load_settings(directory)
+        self.assertEqual((settings.host, settings.port, settings.return_async), ("127.0.0.1", 8400, True))
+        self.assertEqual(settings.tls_certificate, "")
+        self.assertEqual(settings.allowed_hosts, ())
+        self.assertEqual((settings.log_to_file, settings.log_file),
+                         (False, "/var/log/sylk-pushserver/push.log"))
+        self.assertEqual(settings.spool_dir, "/var/spool/sylk-pushserver")
+        self.assertEqual((settings.debug, settings.debug_hpack), (False, False))
+        self.assertEqual((settings.applications_file, settings.credentials_folder,
+                          settings.extra_applications_dir, settings.extra_pns_dir),
+                         ("applications.ini", "credentials", "applications/", "pns/"))
+        self.assertEqual(settings.cassandra.contact_points, ())
+
+    def test_values_and_command_line_overrides(self):
+        directory = make_config_dir("", "[server]\nhost = 0.0.0.0\nport = 9000\nreturn_async = false\n"
+                                        "allowed_hosts = 10.0.0.0/8, 192.0.2.7, 2001:db8::/32\ndebug = yes\n"
+                                        "[applications]\nconfig_file = apps.ini\n"
+                                        "[Cassandra]\ncluster_contact_points = 10.0.0.1, 10.0.0.2\nkeyspace = k\n")
+        settings = load_settings(directory)
+        self.assertEqual((settings.host, settings.port, settings.return_async, settings.debug),
+                         ("0.0.0.0", 9000, False, True))
+        self.assertEqual(len(settings.allowed_hosts), 3)
+        self.assertEqual(settings.applications_file, "apps.ini")
+        self.assertEqual(settings.cassandra.contact_points, ("10.0.0.1", "10.0.0.2"))
+        overridden = load_settings(directory, host="127.0.0.2", port=9100, debug=False)
+        self.assertEqual((overridden.host, overridden.port, overridden.debug), ("127.0.0.2", 9100, False))
+
+    def test_bad_values(self):
+        for text, message in (("[server]\nport = http\n", "port must be an integer"),
+                              ("[server]\nreturn_async = perhaps\n", "return_async"),
+                              ("[server]\nallowed_hosts = 10.0.0.300\n", "allowed_hosts"),
+                              ("not an ini file\n", "cannot read")):
+            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", text))
+            self.assertIn(message, str(exc))
+
+    def test_networks(self):
+        networks = parse_networks(" 127.0.0.1 ,::1, 10.1.2.3/8")
+        self.assertIn(ipaddress.ip_address("10.200.0.1"), networks[2])
+        self.assertEqual(str(networks[1]), "::1/128")
+
+    def test_config_dir_search(self):
+        self.assertRaises(ConfigFileError, find_config_dir, "/nonexistent/sylk")
+        directory = make_config_dir("")
+        self.assertEqual(find_config_dir(directory), directory)
+
+
+class ApplicationsTests(unittest.TestCase):
+
+    def load(self, text, files=()):
+        directory = make_config_dir(text)
+        os.makedirs(os.path.join(directory, "credentials"))
+        for name in files:
+            with open(os.path.join(directory, "credentials", name), "w") as stream:
+                stream.write("x")
+        return directory, load_applications(load_settings(directory))
+
+    def test_sections(self):
+        directory, (apps, problems) = self.load("""
+[ios]
+app_id = com.example.app.prod
+app_type = sylk
+app_platform = ios
+apple_certificate = cert.pem
+apple_push_url = api.sandbox.push.apple.com:2197
+voip = yes
+tls_ca_file = ca.pem
+[android]
+app_id = com.example.app
+app_type = Linphone
+app_platform = android
+firebase_push_url = https://fcm.googleapis.com/v1/projects/demo/messages:send
+firebase_authorization_file = sa.json
+log_remote_urls = http://127.0.0.1:9/a, http://127.0.0.1:9/b
+log_remote_timeout = 0.5
+log_remote_key = id
+""", files=("cert.pem", "ca.pem", "sa.json"))
+        self.assertEqual(problems, [])
+        ios, android = apps
+        self.assertEqual((ios.key, ios.app_type, ios.voip), (("com.example.app.prod", "apple"), "sylk", True))
+        self.assertEqual((ios.apple_host, ios.apple_port), ("api.sandbox.push.apple.com", 2197))
+        self.assertEqual(ios.apple_certificate, os.path.join(directory, "credentials", "cert.pem"))
+        self.assertEqual(ios.tls_ca_file, os.path.join(directory, "credentials", "ca.pem"))
+        self.assertEqual((android.platform, android.app_type, android.firebase_legacy), ("firebase", "linphone", False))
+        self.assertEqual(android.log_remote_urls, ("http://127.0.0.1:9/a", "http://127.0.0.1:9/b"))
+        self.assertEqual((android.log_remote_timeout, android.log_remote_key), (0.5, "id"))
+        self.assertEqual(android.option("log_remote_key"), "id")
+
+    def test_broken_sections_are_left_out_with_a_reason(self):
+        _, (apps, problems) = self.load("""
+[good]
+app_id = a
+app_type = sylk
+app_platform = apple
+[missing-file]
+app_id = b
+app_type = sylk
+app_platform = apple
+apple_key = nowhere.p8
+[no-type]
+app_id = c
+app_platform = apple
+[bad-url]
+app_id = d
+app_type = sylk
+app_platform = apple
+apple_push_url = host:port
+[bad-fcm]
+app_id = e
+app_type = sylk
+app_platform = firebase
+firebase_push_url = ftp://x
+[duplicate]
+app_id = a
+app_type = linphone
+app_platform = ios
+""")
+        self.assertEqual([a.section for a in apps], ["good"])
+        reasons = dict(problems)
+        self.assertIn("apple_key file", reasons["missing-file"])
+        self.assertIn("does not exist", reasons["missing-file"])
+        self.assertEqual(reasons["no-type"], "app_type is missing")
+        self.assertIn("apple_push_url", reasons["bad-url"])
+        self.assertIn("firebase_push_url", reasons["bad-fcm"])
+        self.assertEqual(reasons["duplicate"], "apple a is already configured in section good")
+
+    def test_unreadable_file(self):
+        directory = make_config_dir("[broken\n")
+        self.assertRaises(ConfigFileError, load_applications, load_settings(directory))
+
+
+class CommandLineTests(unittest.TestCase):
+    """The executable's own error handling (run as a real process)."""
+
+    def run_server(self, *args):
+        return subprocess.run([sys.executable, os.path.join(ROOT, "sylk-pushserver"), *args],
+                              capture_output=True, text=True, timeout=60)
+
+    def test_help(self):
+        result = self.run_server("-h")
+        self.assertEqual(result.returncode, 0)
+        for option in ("--config_dir", "--ip", "--port", "--no-fork", "--debug"):
+            self.assertIn(option, result.stdout)
+
+    def test_missing_config_dir(self):
+        result = self.run_server("--config_dir", "/nonexistent/sylk", "--no-fork")
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip(),
+                         "sylk-pushserver: configuration directory /nonexistent/sylk does not exist")
+
+    def test_unreadable_general_ini(self):
+        directory = make_config_dir("", "[server\nport = 1\n")
+        result = self.run_server("--config_dir", directory, "--no-fork")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot read", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_missing_applications_ini(self):
+        directory = make_config_dir("")
+        os.unlink(os.path.join(directory, "applications.ini"))
+        result = self.run_server("--config_dir", directory, "--no-fork", "--port", "0")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot read", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
