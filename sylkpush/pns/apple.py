@@ -268,10 +268,10 @@ class AppleClient(PushClient):
             self._cancel_retry(pending)
             self.queue.put_front(pending)
         self._retrying.clear()
+        self._stop_timer = self.reactor.callLater(self.stop_timeout, self._stop_expired)
         if self._protocol is None:
             self.queue.fail_all("the APNs client stopped before it could connect: "
                                 f"{self.connection_failure}")
-        self._stop_timer = self.reactor.callLater(self.stop_timeout, self._stop_expired)
         self._pump()
         self._check_stopped()
         return self._stopped
@@ -370,11 +370,12 @@ class AppleClient(PushClient):
         self._connecting = None
         self._opening = False
         self.connection_failure = f"cannot connect to {self.authority}: {failure.getErrorMessage()}"
-        log.warning("APNs client for %s: %s", self.app.app_id, self.connection_failure)
         if self._stopping:
+            log.info("APNs client for %s stopped while connecting", self.app.app_id)
             self.queue.fail_all(f"the APNs client stopped: {self.connection_failure}")
             self._check_stopped()
         else:
+            log.warning("APNs client for %s: %s", self.app.app_id, self.connection_failure)
             self._schedule_reconnect()
 
     def _schedule_reconnect(self) -> None:
@@ -385,7 +386,7 @@ class AppleClient(PushClient):
         delay = backoff_delay(self._attempt, self.reconnect_initial, self.reconnect_max)
         self._attempt += 1
         self.reconnects += 1
-        log.info("APNs client for %s reconnects to %s in %.1f s", self.app.app_id, self.authority, delay)
+        log.info("APNs client for %s reconnects to %s in %.2f s", self.app.app_id, self.authority, delay)
         self._reconnect_timer = self.reactor.callLater(delay, self._connect)
 
     # -- sending and answers ---------------------------------------------------
