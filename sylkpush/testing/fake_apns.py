@@ -39,7 +39,6 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset)
 from h2.exceptions import H2Error
@@ -51,6 +50,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from sylkpush.pns.http2 import CountingH2Connection
 from sylkpush.testing.certs import CertificateAuthority, new_ec_key, private_key_pem, public_key_pem
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ class FakeAPNsProtocol(Protocol):
 
     def __init__(self, fake: "FakeAPNs") -> None:
         self.fake = fake
-        self.conn: Optional[H2Connection] = None
+        self.conn: Optional[CountingH2Connection] = None
         self.client_certificate = False
         self.requests: Dict[int, _Request] = {}
         self.last_answered = 0
@@ -102,7 +102,9 @@ class FakeAPNsProtocol(Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         self.fake._connections.add(self)
         self.fake.connections_made += 1
-        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
+        config = H2Configuration(client_side=False, header_encoding="utf-8",
+                                 validate_outbound_headers=False, normalize_outbound_headers=False)
+        self.conn = CountingH2Connection(config, lambda: len(self.requests))
         # the stream limit must be in the first SETTINGS, or a client may open
         # more streams before it learns the limit
         self.conn.local_settings = Settings(client=False, initial_values={
