@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import jwt
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults, inlineCallbacks
@@ -243,6 +245,24 @@ class TokenAuthTests(FakeAPNsMixin, TestCase):
         self.assertEqual(self.client.auth.generated, 2)
         self.assertEqual(self.fake.answers[403], 1)
         self.assertEqual(len(self.fake.notifications), 1001)
+
+    @inlineCallbacks
+    def test_provider_token_never_logged(self):
+        records = []
+        handler = logging.Handler(logging.DEBUG)
+        handler.emit = lambda record: records.append(record.getMessage())
+        logger = logging.getLogger("sylkpush")
+        previous = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        self.addCleanup(logger.removeHandler, handler)
+        self.addCleanup(logger.setLevel, previous)
+        result = yield self.client.send(self.push(request_id="rid-42"))
+        self.assertEqual(result.code, 200)
+        [token] = self.fake.tokens_seen
+        self.assertTrue(any("rid-42" in line and "<redacted>" in line for line in records))
+        self.assertTrue(any("rid-42" in line and "200" in line for line in records))
+        self.assertFalse([line for line in records if token in line or token[-20:] in line])
 
     @inlineCallbacks
     def test_expired_token_retried_once_only(self):
