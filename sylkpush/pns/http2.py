@@ -1,0 +1,377 @@
+"""A thin HTTP/2 client protocol on the ``h2`` package: bytes in, events out.
+
+:class:`H2ClientProtocol` owns frames, stream ids, flow control, PING and the
+mapping of each response to the request that opened its stream.  It decides
+nothing about retries or reconnecting: it tells its listener (the connection
+manager, e.g. :class:`sylkpush.pns.apple.AppleClient`) what happened.
+
+Listener methods: ``connection_ready(protocol)`` (TLS done, ALPN h2, the
+peer's first SETTINGS received), ``streams_available(protocol)`` (a stream
+closed or the peer raised its stream limit), ``connection_goaway(protocol,
+reason)`` and ``connection_closed(protocol, reason)``.
+
+A stream's handler gets exactly one call: ``response(status, headers, body)``
+or ``failed(kind, reason)`` where ``kind`` is :data:`REFUSED` (the peer did not
+process it: safe to send again), :data:`RESET` (the peer reset it) or
+:data:`LOST` (the connection went away before the answer).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, RemoteSettingsChanged,
+                       ResponseReceived, StreamEnded, StreamReset, WindowUpdated)
+from h2.exceptions import H2Error
+from h2.settings import SettingCodes
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+log = logging.getLogger(__name__)
+
+REFUSED = "refused"
+RESET = "reset"
+LOST = "lost"
+
+
+class _Stream:
+    __slots__ = ("handler", "body", "sent", "status", "headers", "data")
+
+    def __init__(self, handler: Any, body: bytes) -> None:
+        self.handler = handler
+        self.body = memoryview(body)
+        self.sent = 0
+        self.status = 0
+        self.headers: Dict[str, str] = {}
+        self.data: List[bytes] = []
+
+    @property
+    def unsent(self) -> int:
+        return len(self.body) - self.sent
+
+
+class CountingH2Connection(H2Connection):
+    """An H2Connection told how many streams are open instead of counting them.
+
+    h2 walks every stream it knows each time a stream is opened, to count the
+    open ones and forget the closed ones; with a thousand streams in flight
+    that walk costs more than everything else together.  The protocol above
+    knows the count (``count()``); h2's own walk still runs now and then so
+    closed streams are forgotten.
+    """
+
+    CULL_EVERY = 512
+
+    def __init__(self, config: H2Configuration, count: Any) -> None:
+        super().__init__(config=config)
+        self._count = count
+        self._opened = 0
+
+    def _counted(self, real: Any) -> int:
+        self._opened += 1
+        if self._opened >= self.CULL_EVERY:
+            self._opened = 0
+            return real.fget(self)
+        return self._count()
+
+    @property
+    def open_outbound_streams(self) -> int:
+        if self.config.client_side:
+            return self._counted(H2Connection.open_outbound_streams)
+        return H2Connection.open_outbound_streams.fget(self)
+
+    @property
+    def open_inbound_streams(self) -> int:
+        if not self.config.client_side:
+            return self._counted(H2Connection.open_inbound_streams)
+        return H2Connection.open_inbound_streams.fget(self)
+
+
+@implementer(IHandshakeListener)
+class H2ClientProtocol(Protocol):
+    """One HTTP/2 client connection.
+
+    ``ping_interval``: after that many idle seconds a PING is sent; without its
+    ACK within ``ping_timeout`` the connection is dropped.
+    """
+
+    def __init__(self, listener: Any, reactor: Any, ping_interval: float = 60.0,
+                 ping_timeout: float = 20.0) -> None:
+        self.listener = listener
+        self.reactor = reactor
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.conn: Optional[CountingH2Connection] = None
+        self.ready = False
+        self.closing = False
+        self._streams: Dict[int, _Stream] = {}
+        self._blocked: Set[int] = set()
+        self._last_activity = 0.0
+        self._ping_timer: Any = None
+        self._ping_ack_timer: Any = None
+        self._close_reason = "connection closed"
+        self._max_streams = 0
+
+    # -- Twisted callbacks ---------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        # our headers are built lowercase and clean; h2's re-checking of every
+        # outgoing header costs more than sending it
+        config = H2Configuration(client_side=True, header_encoding="utf-8",
+                                 validate_outbound_headers=False, normalize_outbound_headers=False)
+        self.conn = CountingH2Connection(config, lambda: len(self._streams))
+        self.conn.initiate_connection()
+        self.conn.update_settings({SettingCodes.ENABLE_PUSH: 0})
+        self._last_activity = self.reactor.seconds()
+        self._ping_timer = self.reactor.callLater(self.ping_interval, self._check_idle)
+        self.flush()
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        protocol = getattr(self.transport, "negotiatedProtocol", None)
+        if protocol != b"h2":
+            self.abort(f"the server did not negotiate HTTP/2 with ALPN (got {protocol!r})")
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.conn is None or self.closing and not self._streams:
+            return
+        self._last_activity = self.reactor.seconds()
+        try:
+            events = self.conn.receive_data(data)
+        except H2Error as exc:
+            self.abort(f"HTTP/2 protocol error: {exc}")
+            return
+        for event in events:
+            handler = self._EVENTS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+        self.flush()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+        self._cancel_timers()
+        if not self.closing:
+            self._close_reason = f"connection lost: {reason.getErrorMessage() if reason else 'closed'}"
+        self.closing = True
+        self._fail_streams(lambda stream_id: LOST, self._close_reason)
+        self.listener.connection_closed(self, self._close_reason)
+
+    # -- what the connection manager calls ---------------------------------
+
+    def available_streams(self) -> int:
+        """How many more requests the peer lets us have open right now."""
+        if not self.ready or self.closing:
+            return 0
+        return self._max_streams - len(self._streams)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    def request(self, headers: Sequence[Tuple[str, str]], body: bytes, handler: Any) -> int:
+        """Open a stream with ``headers`` and ``body``; the handler gets its outcome.
+
+        The caller checks :meth:`available_streams` first and calls
+        :meth:`flush` after a batch of requests.
+        """
+        assert self.conn is not None
+        stream_id = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream_id, headers, end_stream=not body)
+        stream = _Stream(handler, body)
+        self._streams[stream_id] = stream
+        if body:
+            self._send_body(stream_id, stream)
+        return stream_id
+
+    def flush(self) -> None:
+        """Write what h2 has queued, in one go."""
+        if self.conn is None or self.transport is None:
+            return
+        data = self.conn.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def close(self, reason: str = "closed by the client") -> None:
+        """Say GOAWAY and close; streams still open are reported LOST."""
+        if self.closing or self.conn is None:
+            return
+        self.closing = True
+        self._close_reason = reason
+        try:
+            self.conn.close_connection()
+            self.flush()
+        except H2Error:
+            pass
+        self.transport.loseConnection()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once (protocol errors, dead peer)."""
+        log.warning("closing HTTP/2 connection to %s: %s", self._peer(), reason)
+        self.closing = True
+        self._close_reason = reason
+        self.transport.abortConnection()
+
+    # -- h2 events ------------------------------------------------------------
+
+    def _on_settings(self, event: RemoteSettingsChanged) -> None:
+        self._max_streams = self.conn.remote_settings.max_concurrent_streams
+        if not self.ready:
+            self.ready = True
+            self.listener.connection_ready(self)
+        else:
+            self.listener.streams_available(self)
+        # a bigger initial window may unblock bodies that were waiting
+        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._resume_blocked()
+
+    def _on_response(self, event: ResponseReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
+            return
+        headers = dict(event.headers)
+        try:
+            stream.status = int(headers.pop(":status", "0"))
+        except ValueError:
+            stream.status = 0
+        stream.headers = headers
+
+    def _on_data(self, event: DataReceived) -> None:
+        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream.data.append(event.data)
+
+    def _on_stream_ended(self, event: StreamEnded) -> None:
+        stream = self._streams.pop(event.stream_id, None)
+        if stream is None:
+            return
+        self._blocked.discard(event.stream_id)
+        if stream.unsent:
+            # the peer answered before reading all of the body: close our side too
+            self.conn.reset_stream(event.stream_id, ErrorCodes.CANCEL)
+        stream.handler.response(stream.status, stream.headers, b"".join(stream.data))
+        self.listener.streams_available(self)
+
+    def _on_reset(self, event: StreamReset) -> None:
+        stream = self._streams.pop(event.stream_id, None)
+        if stream is None:
+            return
+        self._blocked.discard(event.stream_id)
+        code = event.error_code
+        name = code.name if isinstance(code, ErrorCodes) else str(code)
+        kind = REFUSED if code == ErrorCodes.REFUSED_STREAM else RESET
+        stream.handler.failed(kind, f"stream reset by the server ({name})")
+        self.listener.streams_available(self)
+
+    def _on_window(self, event: WindowUpdated) -> None:
+        if event.stream_id == 0:
+            self._resume_blocked()
+        elif event.stream_id in self._blocked:
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                self._send_body(event.stream_id, stream)
+
+    def _on_goaway(self, event: ConnectionTerminated) -> None:
+        # h2 treats GOAWAY as the end of the connection: nothing more can be
+        # read on it, so every stream still open fails now.  Those above
+        # last_stream_id were never processed by the peer.
+        code = event.error_code
+        name = code.name if isinstance(code, ErrorCodes) else str(code)
+        extra = ""
+        if event.additional_data:
+            extra = " " + event.additional_data.decode("utf-8", "replace")[:200]
+        reason = f"server sent GOAWAY ({name}{extra})"
+        log.info("HTTP/2 connection to %s: %s, last stream %s", self._peer(), reason, event.last_stream_id)
+        self.closing = True
+        self._close_reason = reason
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        self._fail_streams(lambda stream_id: REFUSED if stream_id > last else LOST, reason)
+        self.listener.connection_goaway(self, reason)
+        self.transport.loseConnection()
+
+    def _on_ping_ack(self, event: PingAckReceived) -> None:
+        if self._ping_ack_timer is not None and self._ping_ack_timer.active():
+            self._ping_ack_timer.cancel()
+        self._ping_ack_timer = None
+
+    _EVENTS = {
+        RemoteSettingsChanged: _on_settings,
+        ResponseReceived: _on_response,
+        DataReceived: _on_data,
+        StreamEnded: _on_stream_ended,
+        StreamReset: _on_reset,
+        WindowUpdated: _on_window,
+        ConnectionTerminated: _on_goaway,
+        PingAckReceived: _on_ping_ack,
+    }
+
+    # -- helpers --------------------------------------------------------------
+
+    def _send_body(self, stream_id: int, stream: _Stream) -> None:
+        """Send as much of the body as the peer's windows allow."""
+        conn = self.conn
+        while stream.unsent:
+            window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
+            if window <= 0:
+                self._blocked.add(stream_id)
+                return
+            size = min(window, stream.unsent)
+            chunk = stream.body[stream.sent:stream.sent + size].tobytes()
+            stream.sent += size
+            conn.send_data(stream_id, chunk, end_stream=not stream.unsent)
+        self._blocked.discard(stream_id)
+
+    def _resume_blocked(self) -> None:
+        for stream_id in sorted(self._blocked):
+            stream = self._streams.get(stream_id)
+            if stream is None:
+                self._blocked.discard(stream_id)
+                continue
+            self._send_body(stream_id, stream)
+            if stream_id in self._blocked:
+                break  # the connection window is used up again
+
+    def _fail_streams(self, kind_of: Any, reason: str) -> None:
+        # newest first, so a manager that puts them back at the front of its
+        # queue keeps their original order
+        streams, self._streams = self._streams, {}
+        self._blocked.clear()
+        for stream_id in sorted(streams, reverse=True):
+            streams[stream_id].handler.failed(kind_of(stream_id), reason)
+
+    def _check_idle(self) -> None:
+        self._ping_timer = None
+        if self.closing:
+            return
+        idle = self.reactor.seconds() - self._last_activity
+        if idle >= self.ping_interval and self._ping_ack_timer is None:
+            try:
+                self.conn.ping(os.urandom(8))
+            except H2Error:
+                return
+            self.flush()
+            self._ping_ack_timer = self.reactor.callLater(self.ping_timeout, self._ping_timed_out)
+            idle = 0.0
+        self._ping_timer = self.reactor.callLater(max(0.1, self.ping_interval - idle), self._check_idle)
+
+    def _ping_timed_out(self) -> None:
+        self._ping_ack_timer = None
+        self.abort(f"no answer to PING within {self.ping_timeout:g} s")
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._ping_timer, self._ping_ack_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._ping_timer = self._ping_ack_timer = None
+
+    def _peer(self) -> str:
+        try:
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
+        except Exception:  # noqa: BLE001 - only for log lines
+            return "?"

@@ -1,0 +1,73 @@
+"""Reconnect backoff and deadlines of AppleClient, driven by a Clock."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from sylkpush.pns.apple import AppleClient
+from sylkpush.testing.fake_apns import FakeAPNs
+from tests.apple_helpers import make_push
+
+
+class RefusedEndpoint:
+    def __init__(self, attempts: list, clock: Clock) -> None:
+        self.attempts = attempts
+        self.clock = clock
+
+    def connect(self, factory):
+        self.attempts.append(self.clock.seconds())
+        return fail(ConnectionRefusedError("nobody listens"))
+
+
+class UnreachableAppleClient(AppleClient):
+    """An AppleClient whose every connection attempt is refused at once."""
+
+    def _endpoint(self):
+        return RefusedEndpoint(self.attempts, self.reactor)
+
+
+class BackoffTests(TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        fake = FakeAPNs(self.clock, directory=self.mktemp())
+        self.client = UnreachableAppleClient(fake.app_config(), self.clock)
+        self.client.attempts = []
+        self.client.start()
+        self.addCleanup(self.client.stop)
+
+    def test_reconnect_schedule(self):
+        for _ in range(26000):  # 260 s in 10 ms steps
+            self.clock.advance(0.01)
+        times = self.client.attempts
+        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        nominal = [1, 2, 4, 8, 16, 32] + [60] * (len(gaps) - 6)
+        self.assertGreaterEqual(len(gaps), 8, gaps)
+        for gap, expected in zip(gaps, nominal):
+            # jitter takes up to a quarter off, never adds
+            self.assertGreaterEqual(gap, expected * 0.75 - 0.011, gaps)
+            self.assertLessEqual(gap, expected + 0.011, gaps)
+        self.assertEqual(self.client.status()["reconnects"], len(times))
+        self.assertEqual(self.client.status()["state"], "disconnected")
+        self.assertIn("nobody listens", self.client.status()["last_error"])
+
+    def test_queued_push_answered_503_at_its_deadline(self):
+        answered = self.client.send(make_push(self.clock, deadline_in=64))
+        self.clock.advance(63.9)
+        self.assertFalse(answered.called)
+        self.clock.advance(0.2)
+        result = self.successResultOf(answered)
+        self.assertEqual(result.code, 503)
+        self.assertIn("deadline passed: cannot connect", result.reason)
+        self.assertIn("nobody listens", result.reason)
+        self.assertEqual(self.client.status()["queued"], 0)
+
+    def test_stop_cancels_timers(self):
+        self.client.send(make_push(self.clock, deadline_in=600))
+        self.clock.advance(5)
+        stopped = self.client.stop()
+        self.assertIsNone(self.successResultOf(stopped))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.successResultOf(self.client.send(make_push(self.clock))).code, 503)
