@@ -85,10 +85,16 @@ def make_config_dir(applications: str, general: str = "") -> str:
 
 def start_server(testcase: Any, applications: str, general: str = "",
                  find_client: Any = recording_client_class) -> Tuple[PushServer, str]:
-    """Start a PushServer on 127.0.0.1 and a free port; stopped at cleanup."""
+    """Start a PushServer on 127.0.0.1 and a free port; stopped at cleanup.
+
+    ``find_client`` None means the real Apple and Firebase clients.
+    """
     directory = make_config_dir(applications, general)
     settings = load_settings(directory, host="127.0.0.1", port=0)
-    server = PushServer(settings, reactor, find_client=find_client)
+    if find_client is None:  # the real push-service clients
+        server = PushServer(settings, reactor)
+    else:
+        server = PushServer(settings, reactor, find_client=find_client)
     server.startService()
     testcase.addCleanup(server.stopService)
     address = server.port.getHost()
