@@ -184,7 +184,11 @@ class CertificateAuthTests(FakeAPNsMixin, TestCase):
     def test_stop_lets_in_flight_finish(self):
         self.fake.delay = 0.05
         sends = [self.client.send(self.push(request_id=f"r{i}")) for i in range(5)]
-        yield deferLater(reactor, 0.02, lambda: None)
+        # in flight means the fake has them (connecting can take a while on a busy machine)
+        for _ in range(500):
+            if self.fake.requests_received == 5:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
         yield self.client.stop()
         results = yield gatherResults(sends)
         self.assertEqual([r.code for r in results], [200] * 5)
