@@ -110,7 +110,9 @@ def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: An
         try:
             client_class = find_client(config.platform, settings)
         except ConfigError as exc:
+            # kept, without a client: its callers learn why (503) instead of "not configured"
             apps.append(Application(config, headers_class, payload_class, None, str(exc)))
+            problems.append((config.section, str(exc)))
             continue
         old = previous.get(*config.key) if previous is not None else None
         if (old is not None and old.config == config and old.client is not None
@@ -158,7 +160,10 @@ def rebuild_registry(settings: Settings, configs: Iterable[AppConfig], problems:
     kept = []
     for section, _ in problems:
         old = old_by_section.get(section)
-        if old is not None and old.config.key not in apps:
+        if old is None or old.client is None:
+            continue
+        now = apps.get(old.config.key)
+        if now is None or (now.client is None and now.config.section == section):
             apps[old.config.key] = old
             kept.append(section)
     registry = AppRegistry(apps.values())
