@@ -121,10 +121,16 @@ class Dispatcher:
 
     def _finished_one(self) -> None:
         self.in_flight -= 1
-        if not self.in_flight:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for waiter in waiters:
-                waiter.callback(None)
+        if not self.in_flight and self._idle_waiters:
+            # on the next turn: the caller of the last push is answered first
+            self.reactor.callLater(0, self._wake_idle_waiters)
+
+    def _wake_idle_waiters(self) -> None:
+        if self.in_flight:
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def prepare(self, body: Any, client_address: str) -> PreparedPush:
         """Validate and render; raises :class:`ApiError` for every refusal."""

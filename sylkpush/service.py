@@ -20,7 +20,7 @@ from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, d
                                rebuild_registry)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
 from sylkpush.remote_log import RemoteLogger
-from sylkpush.web import make_site
+from sylkpush.web import ConnectionTracker, make_site
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ class PushServer(service.Service):
         self.site: Site = make_site(self.dispatcher, settings.allowed_hosts,
                                     lambda: self.settings.return_async)
         self.push_resource = self.site.resource.children[b"push"]
+        self.connections = ConnectionTracker(self.site)
         self.metrics = Metrics(lambda: self.registry, self.dispatcher)
         self.remote_log = RemoteLogger(reactor, debug=settings.debug)
         self.dispatcher.observers += [self.metrics.observe, self.remote_log.observe]
@@ -194,10 +195,10 @@ class PushServer(service.Service):
         """Open the API port (TLS when tls_certificate is set)."""
         host, port = self.settings.host, self.settings.port
         if self._certificate is not None:
-            listening = self.reactor.listenSSL(port, self.site, self._certificate.options(),
+            listening = self.reactor.listenSSL(port, self.connections, self._certificate.options(),
                                                interface=host)
         else:
-            listening = self.reactor.listenTCP(port, self.site, interface=host)
+            listening = self.reactor.listenTCP(port, self.connections, interface=host)
         address = listening.getHost()
         scheme = "https" if self._certificate is not None else "http"
         log.info("listening on %s://%s:%s", scheme, address.host, address.port)
@@ -226,6 +227,9 @@ class PushServer(service.Service):
                 count = self.push_resource.answer_waiting(
                     503, f"the server is shutting down and the push did not finish within {self.drain_timeout:g} s")
                 log.warning("drain deadline passed: %d waiting callers answered 503", count)
+        closed = yield within(self.connections.close_all(), STOP_GRACE, self.reactor)
+        if not closed:
+            log.warning("%d API connections still open after %g s", len(self.connections.protocols), STOP_GRACE)
         stopping = DeferredList([self.registry.stop()] + list(self._retiring), consumeErrors=True)
         stopped = yield within(stopping, STOP_GRACE, self.reactor)
         if not stopped:

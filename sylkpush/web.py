@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
@@ -214,6 +215,33 @@ class ApiSite(server.Site):
         if self.access_log.isEnabledFor(logging.DEBUG):
             stamp = self._logDateTime or http.datetimeToLogString()
             self.access_log.debug("%s", self._logFormatter(stamp, request).rstrip())
+
+
+class ConnectionTracker(WrappingFactory):
+    """Wraps the Site to know its open connections, so a shutdown can close
+    them after their last answer is flushed (the reactor's own shutdown drops
+    whatever is still in the write buffers)."""
+
+    def __init__(self, site: server.Site) -> None:
+        super().__init__(site)
+        self._closed: List[Deferred] = []
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._closed = self._closed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self) -> "Deferred[None]":
+        """Close every connection once its pending output is written; fires when all are gone."""
+        if not self.protocols:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._closed.append(waiter)
+        for wrapper in list(self.protocols):
+            wrapper.transport.loseConnection()
+        return waiter
 
 
 def make_site(dispatcher: Dispatcher, allowed: Sequence[Any] = (),
