@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from typing import Any, List, Optional
 
 from twisted.application import service
@@ -80,6 +81,7 @@ class PushServer(service.Service):
                                     lambda: self.settings.return_async)
         self.push_resource = self.site.resource.children[b"push"]
         self.connections = ConnectionTracker(self.site)
+        self.connections.noisy = False
         self.metrics = Metrics(lambda: self.registry, self.dispatcher)
         self.remote_log = RemoteLogger(reactor, debug=settings.debug)
         self.dispatcher.observers += [self.metrics.observe, self.remote_log.observe]
@@ -111,10 +113,17 @@ class PushServer(service.Service):
         if not len(self.registry):
             log.warning("no application is configured: every push will be answered 404")
         for app in self.registry:
-            log.info("application %s (%s) ready", app.label, app.config.app_type)
+            if app.client is not None:  # the others were reported as disabled
+                log.info("application %s (%s) ready", app.label, app.config.app_type)
         self.registry.start()
         self.port = self.listen()
         self.remote_log.server_ip = self.port.getHost().host
+        if self.remote_log.server_ip in ("0.0.0.0", "::"):
+            # listening everywhere: remote logs name the host's own address (a lookup: in a thread)
+            lookup = deferToThread(socket.gethostbyname, socket.gethostname())
+            lookup.addCallbacks(lambda ip: setattr(self.remote_log, "server_ip", ip),
+                                lambda failure: log.warning("cannot find this host's address for remote logs: %s",
+                                                            failure.getErrorMessage()))
         self.watcher.start()
         if self.handle_sighup:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
