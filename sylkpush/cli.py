@@ -106,5 +106,6 @@ class PluginOptions(usage.Options):
         ["config_dir", None, None, "configuration directory"],
         ["ip", None, None, "listen address (overrides general.ini)"],
         ["port", None, None, "listen port (overrides general.ini)", int],
+        ["drain_timeout", None, None, "seconds to finish pending pushes at shutdown (default 10)", float],
     ]
     optFlags = [["debug", None, "log headers and bodies of every request"]]

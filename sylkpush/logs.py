@@ -93,11 +93,12 @@ _listener: Optional[logging.handlers.QueueListener] = None
 
 
 def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
-                  debug_hpack: bool = False) -> logging.Logger:
+                  debug_hpack: bool = False, forward_twisted: bool = True) -> logging.Logger:
     """Route the ``sylkpush`` loggers (and Twisted's) to their destinations.
 
     Foreground: the console.  As a service: the journal, or stderr when no
     journal is reachable.  ``log_file`` adds a file (reopened after rotation).
+    ``forward_twisted`` False leaves Twisted's own events to twistd's logger.
     """
     global _listener
     stop_logging()
@@ -126,7 +127,8 @@ def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
         logging.getLogger(name).setLevel(logging.DEBUG if (debug and debug_hpack) else logging.WARNING)
     _listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=False)
     _listener.start()
-    _forward_twisted_logs()
+    if forward_twisted:
+        _forward_twisted_logs()
     return logging.getLogger("sylkpush")
 
 
