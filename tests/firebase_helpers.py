@@ -6,7 +6,7 @@ import itertools
 import os
 from typing import Any, Dict, Optional
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 
 from sylkpush.config import AppConfig
@@ -45,6 +45,17 @@ def push_for(token: str, clock: Any, budget: float = 64.0, legacy: bool = False,
     return OutgoingPush(request_id=f"incoming_session-com.example.fcm-call{next(_ids)}", token=token,
                         headers={}, payload=payload or (legacy_payload(token) if legacy else v1_payload(token)),
                         deadline=clock.seconds() + budget)
+
+
+@defer.inlineCallbacks
+def wait_until(predicate, limit: float = 10.0):
+    """Let the real reactor run until ``predicate()`` holds (fails after ``limit`` seconds)."""
+    waited = 0.0
+    while not predicate():
+        if waited > limit:
+            raise AssertionError(f"condition not reached within {limit} s")
+        yield task.deferLater(reactor, 0.002, lambda: None)
+        waited += 0.002
 
 
 class FakeFCMMixin:

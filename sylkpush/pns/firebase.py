@@ -294,7 +294,7 @@ class FirebaseClient(PushClient):
         else:
             state = "ready"
         return {"state": state, "queued": len(self.queue), "in_flight": self.in_flight,
-                "reconnects": self.connection_failures,
+                "retrying": len(self._waiting_retry), "reconnects": self.connection_failures,
                 "token_refreshes": self.tokens.refreshes if self.tokens is not None else 0}
 
     # --- one try -------------------------------------------------------------------
@@ -308,7 +308,8 @@ class FirebaseClient(PushClient):
         else:
             d = succeed(("key=" + self.app.firebase_authorization_key, None))
         d.addCallback(self._post, pending)
-        d.addCallbacks(self._answered, self._failed, callbackArgs=(pending,), errbackArgs=(pending,))
+        d.addCallback(self._answered, pending)
+        d.addErrback(self._failed, pending)  # includes the retryable answers _answered raises
         d.addErrback(self._bug, pending)
         d.addBoth(self._attempt_done)
 

@@ -196,6 +196,7 @@ class FakeFCM:
         self.token_fetches = 0  # access tokens issued
         self.token_requests = 0  # token endpoint requests (any outcome)
         self.authorizations: List[str] = []  # the access token of each accepted v1 push
+        self.issued: List[str] = []  # every access token issued
         # scripting
         self.access_tokens: Dict[str, float] = {}  # token -> expiry (reactor time)
         self.scripts: Dict[str, Deque[Scripted]] = {}
@@ -486,6 +487,7 @@ class FakeFCM:
         access_token = "ya29.fake-" + secrets.token_urlsafe(32)
         self.access_tokens[access_token] = self.reactor.seconds() + self.token_lifetime
         self.token_fetches += 1
+        self.issued.append(access_token)
         _send_json(request, 200, {"access_token": access_token, "expires_in": int(self.token_lifetime),
                                   "token_type": "Bearer"})
 
