@@ -6,6 +6,7 @@ import itertools
 import os
 from typing import Any, Dict, Optional
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
 
@@ -15,6 +16,14 @@ from sylkpush.pns.firebase import FirebaseClient
 from sylkpush.testing.fake_fcm import FakeFCM
 
 _ids = itertools.count(1)
+_service_key = []
+
+
+def service_key():
+    """One RSA key per test run: generating 2048-bit keys costs 0.2 s each."""
+    if not _service_key:
+        _service_key.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return _service_key[0]
 
 
 def app_for(fake: FakeFCM, legacy: bool = False, **changes: Any) -> AppConfig:
@@ -69,7 +78,7 @@ class FakeFCMMixin:
         directory = self.mktemp()
         os.makedirs(directory)
         self.fake = FakeFCM(reactor, directory, project="sylk-test", delay=self.fake_delay,
-                            token_lifetime=self.token_lifetime)
+                            token_lifetime=self.token_lifetime, service_key=service_key())
         yield self.fake.start()
         self.addCleanup(self.fake.stop)
 

@@ -161,11 +161,13 @@ class FakeFCM:
 
     ``reactor`` serves the connections and times the delays and access-token
     lifetimes; ``wall_time`` checks the JWT assertion's ``iat``/``exp``.
+    ``service_key`` (an RSA key) saves generating one when many fakes are made.
     """
 
     def __init__(self, reactor: Any, directory: str, project: str = "sylk-fake", port: int = 0,
                  delay: float = 0.0, token_lifetime: float = 3600.0, interface: str = "127.0.0.1",
-                 legacy_key: Optional[str] = None, wall_time: Callable[[], float] = time.time) -> None:
+                 legacy_key: Optional[str] = None, wall_time: Callable[[], float] = time.time,
+                 service_key: Optional[rsa.RSAPrivateKey] = None) -> None:
         self.reactor = reactor
         self.directory = directory
         self.project = project
@@ -183,7 +185,7 @@ class FakeFCM:
         self._tls = ssl.CertificateOptions(privateKey=certificate.privateKey.original,
                                            certificate=certificate.original,
                                            acceptableProtocols=[b"http/1.1"])
-        self._service_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self._service_key = service_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._public_key_pem = self._service_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
         self.service_account_file = ""
