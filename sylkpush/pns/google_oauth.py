@@ -214,9 +214,10 @@ class AccessTokenSource:
                 error = error.get("status") or error.get("message") or f"HTTP {code}"
             text = answer.get("error_description") or ""
             reason = f"{error} - {text}" if text else str(error)
-            # 4xx: the endpoint refused the assertion; retrying will not help
-            raise TokenError(f"{self.account.token_uri} refused the service account: {reason}",
-                             permanent=400 <= code < 500 and code != 429)
+            if 400 <= code < 500 and code != 429:
+                # the endpoint refused the assertion; retrying will not help
+                raise TokenError(f"{self.account.token_uri} refused the service account: {reason}", permanent=True)
+            raise TokenError(f"{self.account.token_uri} answered {code}: {reason}")
         token = answer.get("access_token")
         if not isinstance(token, str) or not token:
             raise TokenError(f"{self.account.token_uri} answered without an access_token")
@@ -237,7 +238,8 @@ class AccessTokenSource:
             else:
                 failure = Failure(TokenError(f"token request to {self.account.token_uri} failed: "
                                              f"{result.getErrorMessage() or result.type.__name__}"))
-            log.warning("no access token for %s: %s", self.account.client_email, failure.value.reason)
+            log.log(logging.INFO if self._stopped else logging.WARNING, "no access token for %s: %s",
+                    self.account.client_email, failure.value.reason)
             self._quiet_until = self.clock.seconds() + BACKGROUND_RETRY
             self._release(failure)
             return
