@@ -179,6 +179,7 @@ class FakeFCM:
                  service_key: Optional[rsa.RSAPrivateKey] = None) -> None:
         self.reactor = reactor
         self.directory = directory
+        os.makedirs(directory, exist_ok=True)
         self.project = project
         self.port = port
         self.interface = interface
