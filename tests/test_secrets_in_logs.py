@@ -120,3 +120,50 @@ class AccessLogTests(unittest.TestCase):
         self.assertEqual(code, 200)
         self.assertTrue(captured.matching("result 200 OK"))
         self.assertEqual([r for r in captured.records if r.name == "sylkpush.web.access"], [])
+
+
+class RealClientSecretsTests(SecretsTests):
+    """The same check with the real Apple (both auth modes) and Firebase
+    (v1 and legacy) clients talking to the fakes, debug on."""
+
+    @defer.inlineCallbacks
+    def test_no_secret_in_any_line(self):
+        from twisted.internet import reactor
+
+        from sylkpush.testing.fake_apns import FakeAPNs
+        from sylkpush.testing.fake_fcm import FakeFCM
+        from tests.firebase_helpers import service_key
+
+        apns = FakeAPNs(reactor, directory=os.path.abspath(self.mktemp()))
+        fcm = FakeFCM(reactor, os.path.abspath(self.mktemp()), service_key=service_key(),
+                      legacy_key=LEGACY_KEY)
+        yield apns.start()
+        yield fcm.start()
+        self.addCleanup(apns.stop)
+        self.addCleanup(fcm.stop)
+        applications = (apns.applications_ini("com.example.token", auth="token")
+                        + apns.applications_ini("com.example.cert", auth="certificate")
+                        + fcm.applications_ini_section("com.example.v1")
+                        + fcm.applications_ini_section("com.example.legacy", legacy=True))
+        _, url = start_server(self, applications, "[server]\ndebug = true\n", find_client=None)
+        token = "0a1b2c3d" * 8
+        for app_id, platform in (("com.example.token", "apple"), ("com.example.cert", "apple"),
+                                 ("com.example.v1", "firebase"), ("com.example.legacy", "firebase")):
+            code, body, _ = yield post(url + "/push", wakeup(app_id=app_id, platform=platform, token=token))
+            self.assertEqual(code, 200, body)
+        logs.stop_logging()
+        with open(self.log_file, encoding="utf-8") as stream:
+            text = stream.read()
+        self.assertIn("outgoing", text.lower())  # debug lines were written
+        secrets_used = {f"provider JWT {i}": jwt_ for i, jwt_ in enumerate(apns.tokens_seen)}
+        secrets_used.update({f"access token {i}": t for i, t in enumerate(set(fcm.authorizations))})
+        secrets_used["legacy key"] = LEGACY_KEY
+        for path in (apns.auth_key_file, apns.client_key_file):
+            with open(path, encoding="ascii") as stream:
+                secrets_used[f"key {path}"] = stream.read().splitlines()[1]
+        with open(fcm.service_account_file, encoding="utf-8") as stream:
+            secrets_used["service account key"] = json.load(stream)["private_key"].splitlines()[1]
+        self.assertEqual(len([k for k in secrets_used if k.startswith("provider JWT")]), 1)
+        self.assertTrue(any(k.startswith("access token") for k in secrets_used))
+        for name, secret in secrets_used.items():
+            self.assertNotIn(secret, text, f"{name} leaked into the log")
