@@ -74,11 +74,12 @@ class CapturedLogs(logging.Handler):
     """Every record of the ``sylkpush`` loggers (and Twisted's), formatted as
     the daemon's handlers would, after the redacting filter."""
 
-    def __init__(self) -> None:
+    def __init__(self, redact: bool = True) -> None:
         super().__init__(logging.DEBUG)
         self.records: List[logging.LogRecord] = []
         self.lines: List[str] = []
-        self.addFilter(RedactingFilter())
+        if redact:
+            self.addFilter(RedactingFilter())
         self.setFormatter(logging.Formatter(FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -89,9 +90,14 @@ class CapturedLogs(logging.Handler):
         return [line for line in self.lines if text in line]
 
 
-def capture_logs(testcase: Any, level: int = logging.DEBUG, names: tuple = ("sylkpush",)) -> CapturedLogs:
-    """Capture the named loggers at ``level`` until the test's cleanup."""
-    handler = CapturedLogs()
+def capture_logs(testcase: Any, level: int = logging.DEBUG, names: tuple = ("sylkpush",),
+                 redact: bool = True) -> CapturedLogs:
+    """Capture the named loggers at ``level`` until the test's cleanup.
+
+    ``redact`` False leaves out the daemon's redacting filter, to check what
+    a module itself writes.
+    """
+    handler = CapturedLogs(redact)
     for name in names:
         logger = logging.getLogger(name)
         previous = logger.level
@@ -104,21 +110,12 @@ def capture_logs(testcase: Any, level: int = logging.DEBUG, names: tuple = ("syl
 
 def start_ops_server(testcase: Any, applications: str, general: str = "",
                      find_client: Any = delayed_client_class, **options: Any):
-    """Like :func:`tests.helpers.start_server`, with PushServer options
-    (``drain_timeout``, ``watch_interval``, ``handle_sighup``); returns the
-    server, its base URL and its config directory."""
-    from twisted.internet import reactor
+    """:func:`tests.helpers.start_server` with a delayed client double by
+    default; returns the server, its base URL and its config directory."""
+    from tests.helpers import start_server
 
-    from sylkpush.config import load_settings
-    from sylkpush.service import PushServer
-    from tests.helpers import make_config_dir
-
-    directory = make_config_dir(applications, general)
-    settings = load_settings(directory, host="127.0.0.1", port=0)
-    server = PushServer(settings, reactor, find_client=find_client, **options)
-    server.startService()
-    testcase.addCleanup(lambda: server.running and server.stopService())
-    return server, f"http://127.0.0.1:{server.port.getHost().port}", directory
+    server, url = start_server(testcase, applications, general, find_client, **options)
+    return server, url, server.settings.config_dir
 
 
 def write_applications(directory: str, text: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import jwt
 from twisted.internet import reactor
@@ -13,6 +12,7 @@ from twisted.trial.unittest import TestCase
 from sylkpush.pns.apple import AppleClient
 from sylkpush.pns.base import ConfigError
 from tests.apple_helpers import TOKEN, TOPIC, FakeAPNsMixin
+from tests.doubles import capture_logs
 
 
 def _apns_ids(fake):
@@ -252,15 +252,7 @@ class TokenAuthTests(FakeAPNsMixin, TestCase):
 
     @inlineCallbacks
     def test_provider_token_never_logged(self):
-        records = []
-        handler = logging.Handler(logging.DEBUG)
-        handler.emit = lambda record: records.append(record.getMessage())
-        logger = logging.getLogger("sylkpush")
-        previous = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        self.addCleanup(logger.removeHandler, handler)
-        self.addCleanup(logger.setLevel, previous)
+        records = capture_logs(self, redact=False).lines  # the client's own redaction
         result = yield self.client.send(self.push(request_id="rid-42"))
         self.assertEqual(result.code, 200)
         [token] = self.fake.tokens_seen

@@ -11,6 +11,7 @@ from twisted.trial import unittest
 
 from sylkpush.pns.base import ConfigError, OutgoingPush
 from sylkpush.pns.firebase import FirebaseClient, parse_retry_after
+from tests.doubles import capture_logs
 from tests.firebase_helpers import FakeFCMMixin, app_for, push_for, v1_payload
 
 
@@ -260,18 +261,7 @@ class LoggingTests(FakeFCMMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_secrets_never_logged(self):
-        records = []
-
-        class Keep(logging.Handler):
-            def emit(self, record):
-                records.append(self.format(record))
-        handler = Keep(logging.DEBUG)
-        logger = logging.getLogger("sylkpush")
-        previous = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        self.addCleanup(logger.removeHandler, handler)
-        self.addCleanup(logger.setLevel, previous)
+        records = capture_logs(self, redact=False).lines  # the client's own redaction
 
         client = self.client()
         push = push_for("device-log", reactor)
