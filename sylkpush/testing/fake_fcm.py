@@ -374,25 +374,28 @@ class FakeFCM:
 
     # v1 ---------------------------------------------------------------------------
 
-    def handle_send(self, request, project: str) -> None:
+    def _receive(self, request, answer: Callable[[Optional[Tuple[int, Optional[int]]], bytes, str], None]) -> None:
+        """Count a push request and call ``answer(burst, body, authorization)``
+        after the delay scripted for its token (``burst``: a scripted 5xx)."""
         self._arrived()
         burst = self._burst.popleft() if self._burst else None
         body = request.content.read()
         authorization = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        token = _device_token(body)
-        delay = self.token_delays.get(token, self.delay)
+        delay = self.token_delays.get(_device_token(body), self.delay)
+        if delay > 0:
+            self._later(delay, request, lambda: answer(burst, body, authorization))
+        else:
+            answer(burst, body, authorization)
 
-        def answer() -> None:
+    def handle_send(self, request, project: str) -> None:
+        def answer(burst, body: bytes, authorization: str) -> None:
             if burst is not None:
                 status, retry_after = burst
                 failure = FAILURES["UNAVAILABLE" if status == 503 else "INTERNAL"]
                 return _v1_error(request, status, failure.status, failure.message, failure.error_code,
                                  retry_after=retry_after)
             self._answer_send(request, project, body, authorization)
-        if delay > 0:
-            self._later(delay, request, answer)
-        else:
-            answer()
+        self._receive(request, answer)
 
     def _answer_send(self, request, project: str, body: bytes, authorization: str) -> None:
         scheme, _, access_token = authorization.partition(" ")
@@ -429,24 +432,14 @@ class FakeFCM:
     # legacy -------------------------------------------------------------------------
 
     def handle_legacy(self, request) -> None:
-        self._arrived()
-        burst = self._burst.popleft() if self._burst else None
-        body = request.content.read()
-        authorization = (request.getHeader(b"authorization") or b"").decode("latin-1")
-        token = _device_token(body)
-        delay = self.token_delays.get(token, self.delay)
-
-        def answer() -> None:
+        def answer(burst, body: bytes, authorization: str) -> None:
             if burst is not None:
                 status, retry_after = burst
                 if retry_after is not None:
                     request.setHeader(b"Retry-After", str(retry_after).encode())
                 return _send_text(request, status, "Service Unavailable" if status == 503 else "Internal Server Error")
             self._answer_legacy(request, body, authorization)
-        if delay > 0:
-            self._later(delay, request, answer)
-        else:
-            answer()
+        self._receive(request, answer)
 
     def _answer_legacy(self, request, body: bytes, authorization: str) -> None:
         if authorization != f"key={self.legacy_key}":
