@@ -169,6 +169,25 @@ class CertificateAuthTests(FakeAPNsMixin, TestCase):
         self.assertGreaterEqual(self.fake.connections_made, 2)
 
     @inlineCallbacks
+    def test_graceful_goaway_answers_are_kept_not_sent_twice(self):
+        """A server shutting down answers the streams it took after its GOAWAY:
+        those answers count, and nothing is sent (and delivered) a second time."""
+        self.fake.delay = 0.1
+        sends = [self.client.send(self.push(request_id=f"r{i}")) for i in range(40)]
+        for _ in range(500):
+            if self.fake.requests_received == 40:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.fake.goaway_gracefully()
+        sends += [self.client.send(self.push(request_id=f"r{i}")) for i in range(40, 60)]
+        results = yield gatherResults(sends)
+        self.assertEqual([r.code for r in results], [200] * 60)
+        self.assertEqual(self.fake.requests_received, 60)
+        self.assertEqual(len(self.fake.notifications), 60)
+        self.assertEqual(set(self.fake.deliveries.values()), {1})
+        self.assertEqual(self.fake.connections_made, 2)
+
+    @inlineCallbacks
     def test_connection_dropped_mid_stream_loses_nothing(self):
         self.fake.delay = 0.005
         sends = [self.client.send(self.push(request_id=f"r{i}")) for i in range(20)]
