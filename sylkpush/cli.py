@@ -65,7 +65,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     if not args.no_fork:
         daemonize()
-    setup_logging(foreground=args.no_fork, debug=settings.debug,
+    # under systemd (stdout connected to the journal) log to the journal itself
+    console = args.no_fork and not os.environ.get("JOURNAL_STREAM")
+    setup_logging(foreground=console, debug=settings.debug,
                   log_file=settings.log_file if settings.log_to_file else "",
                   debug_hpack=settings.debug_hpack)
     log.info("Sylk Pushserver %s starting with configuration in %s", __version__, settings.config_dir)
