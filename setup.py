@@ -9,10 +9,15 @@ with open(os.path.join(here, "sylkpush", "__init__.py"), encoding="utf-8") as st
     version = re.search(r'__version__ = "([^"]+)"', stream.read()).group(1)
 
 
-def data_files(directory):
+def data_files(directory, skip=("applications.ini", "general.ini")):
+    """Everything under ``directory`` except a live configuration (the demo's)."""
     found = []
     for root, _, files in os.walk(directory):
-        found.append((os.path.join("share", "sylk-pushserver", root), [os.path.join(root, f) for f in files]))
+        if os.path.basename(root) in ("demo", "__pycache__"):
+            continue
+        kept = [os.path.join(root, f) for f in files if f not in skip]
+        if kept:
+            found.append((os.path.join("share", "sylk-pushserver", root), kept))
     return found
 
 
