@@ -39,6 +39,12 @@ class ApiRequest(server.Request):
 
     body_too_large = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # bodies are JSON: skip Twisted's form parsing, which parses every
+        # request's content-type with the email package (costly, hot path)
+        self._parsePOSTFormSubmission = False
+
     def gotLength(self, length: Optional[int]) -> None:
         if length is not None and length > MAX_BODY:
             self.body_too_large = True
@@ -187,4 +193,12 @@ def make_site(dispatcher: Dispatcher, allowed: Sequence[Any] = (),
     site.requestFactory = ApiRequest
     site.displayTracebacks = False
     site.noisy = False
+
+    def access_log(request: server.Request) -> None:
+        # /push requests are logged with their request id by the dispatcher;
+        # the access log would double the logging cost of each push
+        if log.isEnabledFor(logging.DEBUG):
+            server.Site.log(site, request)
+
+    site.log = access_log
     return site
