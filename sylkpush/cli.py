@@ -29,6 +29,9 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="stay in the foreground and log to the console")
     parser.add_argument("--debug", action="store_true", default=None,
                         help="log headers and bodies of every request")
+    parser.add_argument("--drain_timeout", type=float, default=None, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT, how long pushes in flight may take before they "
+                             "are answered 503 (default: 10)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
@@ -68,9 +71,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     log.info("Sylk Pushserver %s starting with configuration in %s", __version__, settings.config_dir)
 
     from twisted.internet import reactor
-    from sylkpush.service import PushServer
+    from sylkpush.service import DRAIN_TIMEOUT, PushServer
+    drain_timeout = DRAIN_TIMEOUT if args.drain_timeout is None else args.drain_timeout
     try:
-        server = PushServer(settings, reactor)
+        # SIGTERM/SIGINT stop the reactor, whose shutdown waits for stopService's drain
+        server = PushServer(settings, reactor, drain_timeout=drain_timeout, handle_sighup=True)
     except ConfigFileError as exc:
         log.error("%s", exc)
         stop_logging()
@@ -101,5 +106,6 @@ class PluginOptions(usage.Options):
         ["config_dir", None, None, "configuration directory"],
         ["ip", None, None, "listen address (overrides general.ini)"],
         ["port", None, None, "listen port (overrides general.ini)", int],
+        ["drain_timeout", None, None, "seconds to finish pending pushes at shutdown (default 10)", float],
     ]
     optFlags = [["debug", None, "log headers and bodies of every request"]]

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from sylkpush.notification import Notification, ValidationError, parse_app_id, parse_notification, parse_platform
@@ -66,6 +67,8 @@ class Answer:
 
 #: an observer sees every finished push (metrics, remote logging); it must not raise
 ResultObserver = Callable[[PreparedPush, PushResult], None]
+#: a refusal observer sees the code of every request answered without a push
+RefusalObserver = Callable[[int], None]
 
 
 def result_data(prepared: PreparedPush, result: PushResult) -> Dict[str, Any]:
@@ -95,6 +98,39 @@ class Dispatcher:
         self._registry = registry
         self.reactor = reactor
         self.observers: List[ResultObserver] = []
+        self.refusal_observers: List[RefusalObserver] = []
+        #: pushes handed to a client and not yet answered by it
+        self.in_flight = 0
+        self._idle_waiters: List[Deferred] = []
+
+    def refused(self, code: int) -> None:
+        """Report a request answered with ``code`` without being pushed."""
+        for observer in list(self.refusal_observers):
+            try:
+                observer(code)
+            except Exception:
+                log.exception("refusal observer %r failed", observer)
+
+    def wait_idle(self) -> "Deferred[None]":
+        """A Deferred that fires when no push is in flight (at once if none is)."""
+        if not self.in_flight:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
+
+    def _finished_one(self) -> None:
+        self.in_flight -= 1
+        if not self.in_flight and self._idle_waiters:
+            # on the next turn: the caller of the last push is answered first
+            self.reactor.callLater(0, self._wake_idle_waiters)
+
+    def _wake_idle_waiters(self) -> None:
+        if self.in_flight:
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def prepare(self, body: Any, client_address: str) -> PreparedPush:
         """Validate and render; raises :class:`ApiError` for every refusal."""
@@ -143,11 +179,14 @@ class Dispatcher:
         if app.client is None:
             result = PushResult(503, f"push service for {app.label} is not available: {app.client_problem}", "")
         else:
+            self.in_flight += 1
             try:
                 result = await app.client.send(prepared.push)
             except Exception:
                 log.exception("%s: push client failed", prepared.request_id)
                 result = PushResult(500, "internal error in the push service client", "")
+            finally:
+                self._finished_one()
         log.info("%s: result %s %s", prepared.request_id, result.code, result.reason)
         for observer in list(self.observers):
             try:
@@ -161,5 +200,6 @@ class Dispatcher:
         try:
             prepared = self.prepare(body, client_address)
         except ApiError as exc:
+            self.refused(exc.code)
             return Answer(exc.code, exc.description, exc.data)
         return await self.deliver(prepared)

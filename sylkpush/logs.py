@@ -22,13 +22,20 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 QUEUE_LIMIT = 10_000
 
 _SECRET_PATTERNS = [
-    # bearer JWTs and OAuth access tokens, legacy "key=" keys
-    (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1<redacted>"),
-    (re.compile(r"(?i)(['\"]?authorization['\"]?\s*[:=]\s*['\"]?key=)[^'\"\s,}]+"), r"\1<redacted>"),
-    (re.compile(r"(?i)(['\"]?(?:access_token|assertion|private_key)['\"]?\s*[:=]\s*['\"]?)[^'\"\s,}&]+"),
-     r"\1<redacted>"),
+    # private keys first: the key-name rule below would otherwise cut a PEM block in two
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
      "<redacted private key>"),
+    # a PEM block cut short (a truncated line) still loses its body
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:\\n|[A-Za-z0-9+/=\s])*"), "<redacted private key>"),
+    # the value of any authorization header, in "name: value", "name=value",
+    # dict reprs and HTTP/2 header tuples ("(b'authorization', b'bearer ...')")
+    (re.compile(r"(?i)(\bauthorization['\"]?\s*[:=,]\s*(?:b?['\"])?)[^'\"\r\n]+"), r"\1<redacted>"),
+    # bearer tokens and legacy "key=" keys wherever they are
+    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1<redacted>"),
+    (re.compile(r"(?i)(['\"]?(?:access_token|refresh_token|id_token|assertion|private_key|client_secret)['\"]?"
+                r"\s*[:=]\s*['\"]?)(?!<redacted)[^'\"\s,}&]+"), r"\1<redacted>"),
+    # Google OAuth access tokens and JWTs (provider tokens, service-account assertions)
+    (re.compile(r"\bya29\.[A-Za-z0-9._-]+"), "<redacted access token>"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"), "<redacted jwt>"),
 ]
 
@@ -54,9 +61,18 @@ class RedactingFilter(logging.Filter):
     and the listener's formatters do not format it again.
     """
 
+    _formatter = logging.Formatter()
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         record.msg, record.args = redact(message), None
+        # tracebacks are formatted later by the handlers: format and clean them now
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
@@ -136,11 +152,12 @@ _listener: Optional[logging.handlers.QueueListener] = None
 
 
 def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
-                  debug_hpack: bool = False) -> logging.Logger:
+                  debug_hpack: bool = False, forward_twisted: bool = True) -> logging.Logger:
     """Route the ``sylkpush`` loggers (and Twisted's) to their destinations.
 
     Foreground: the console.  As a service: the journal, or stderr when no
     journal is reachable.  ``log_file`` adds a file (reopened after rotation).
+    ``forward_twisted`` False leaves Twisted's own events to twistd's logger.
     """
     global _listener
     stop_logging()
@@ -175,7 +192,8 @@ def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
         logging.getLogger(name).setLevel(logging.DEBUG if (debug and debug_hpack) else logging.WARNING)
     _listener = BatchingListener(records, *handlers, respect_handler_level=False)
     _listener.start()
-    _forward_twisted_logs()
+    if forward_twisted:
+        _forward_twisted_logs()
     return logging.getLogger("sylkpush")
 
 

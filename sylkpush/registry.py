@@ -88,12 +88,15 @@ def default_renderers(app_type: str, platform: str, extra_dir: str) -> Tuple[Typ
 def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: Any,
                    find_client: ClientClassFinder = default_client_class,
                    find_renderers: RendererFinder = default_renderers,
+                   previous: Optional[AppRegistry] = None,
                    ) -> Tuple[AppRegistry, List[Tuple[str, str]]]:
     """Make an :class:`Application` of each config.
 
     Returns the registry and ``(section, reason)`` for each application left
     out.  An application whose push-service code cannot be loaded stays in,
-    without a client, so its requests get a 503 that says why.
+    without a client, so its requests get a 503 that says why.  With
+    ``previous`` (a reload), an application whose settings are unchanged
+    keeps its running client, so its connections survive the reload.
     """
     apps: List[Application] = []
     problems: List[Tuple[str, str]] = []
@@ -107,7 +110,14 @@ def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: An
         try:
             client_class = find_client(config.platform, settings)
         except ConfigError as exc:
+            # kept, without a client: its callers learn why (503) instead of "not configured"
             apps.append(Application(config, headers_class, payload_class, None, str(exc)))
+            problems.append((config.section, str(exc)))
+            continue
+        old = previous.get(*config.key) if previous is not None else None
+        if (old is not None and old.config == config and old.client is not None
+                and type(old.client) is client_class):
+            apps.append(Application(config, headers_class, payload_class, old.client))
             continue
         try:
             client = client_class(config, reactor)
@@ -116,6 +126,52 @@ def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: An
             continue
         apps.append(Application(config, headers_class, payload_class, client))
     return AppRegistry(apps), problems
+
+
+@dataclass
+class Rebuild:
+    """The outcome of a reload: the registry to swap in and what changes."""
+
+    registry: AppRegistry
+    #: clients created by the reload: start them before the swap
+    added: List[PushClient]
+    #: clients of the previous registry no longer used: stop them after the swap
+    retired: List[PushClient]
+    problems: List[Tuple[str, str]]
+    #: sections whose new settings are broken and whose previous application stays
+    kept: List[str]
+
+
+def rebuild_registry(settings: Settings, configs: Iterable[AppConfig], problems: Iterable[Tuple[str, str]],
+                     previous: AppRegistry, reactor: Any,
+                     find_client: ClientClassFinder = default_client_class,
+                     find_renderers: RendererFinder = default_renderers) -> Rebuild:
+    """The registry for a reloaded applications.ini.
+
+    Unchanged applications keep their clients; a section whose new settings
+    are broken keeps its previous application (SPEC §10: "the previous
+    working settings stay active"), unless another section now owns its key;
+    a section that was removed from the file is removed.
+    """
+    registry, more = build_registry(settings, configs, reactor, find_client, find_renderers, previous)
+    problems = list(problems) + more
+    apps = {app.config.key: app for app in registry}
+    old_by_section = {app.config.section: app for app in previous}
+    kept = []
+    for section, _ in problems:
+        old = old_by_section.get(section)
+        if old is None or old.client is None:
+            continue
+        now = apps.get(old.config.key)
+        if now is None or (now.client is None and now.config.section == section):
+            apps[old.config.key] = old
+            kept.append(section)
+    registry = AppRegistry(apps.values())
+    old_clients = {id(app.client) for app in previous if app.client is not None}
+    new_clients = {id(app.client) for app in registry if app.client is not None}
+    added = [app.client for app in registry if app.client is not None and id(app.client) not in old_clients]
+    retired = [app.client for app in previous if app.client is not None and id(app.client) not in new_clients]
+    return Rebuild(registry, added, retired, problems, kept)
 
 
 def log_problems(problems: Iterable[Tuple[str, str]]) -> None:

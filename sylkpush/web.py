@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
@@ -114,21 +115,39 @@ class PushResource(JsonResource):
         super().__init__()
         self.dispatcher = dispatcher
         self.return_async = return_async
+        #: set when the server shuts down: new requests are answered 503
+        self.closing = False
+        #: the answer function of every caller still waiting, by request
+        self.waiting: Dict[server.Request, Callable[[Answer], None]] = {}
+
+    def answer_waiting(self, code: int, description: str) -> int:
+        """Answer every caller still waiting with ``code``; how many there were."""
+        waiting, self.waiting = self.waiting, {}
+        for answer in waiting.values():
+            answer(Answer(code, description, {}))
+        return len(waiting)
+
+    def _refuse(self, request: server.Request, code: int, description: str,
+                data: Optional[Dict[str, Any]] = None) -> bytes:
+        self.dispatcher.refused(code)
+        return write_json(request, code, description, data)
 
     def render_POST(self, request: server.Request) -> Any:
+        if self.closing:
+            return self._refuse(request, 503, "the server is shutting down")
         if getattr(request, "body_too_large", False):
-            return write_json(request, 413, f"request body is larger than {MAX_BODY} bytes")
+            return self._refuse(request, 413, f"request body is larger than {MAX_BODY} bytes")
         raw = request.content.read()
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            return write_json(request, 400, f"request body is not valid JSON: {exc}")
+            return self._refuse(request, 400, f"request body is not valid JSON: {exc}")
         address = client_address(request)
         try:
             prepared = self.dispatcher.prepare(body, address)
         except ApiError as exc:
             log.info("refused request from %s: %s %s", address, exc.code, exc.description)
-            return write_json(request, exc.code, exc.description, exc.data)
+            return self._refuse(request, exc.code, exc.description, exc.data)
         delivery = ensureDeferred(self.dispatcher.deliver(prepared))
         if not self.return_async():
             delivery.addErrback(self._unexpected, prepared.request_id)
@@ -138,7 +157,10 @@ class PushResource(JsonResource):
         request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def answer(result: Answer) -> None:
-            if gone or request.finished:
+            self.waiting.pop(request, None)
+            if request.finished:  # answered at the drain deadline already
+                return
+            if gone:
                 log.info("%s: caller went away before the answer %s", prepared.request_id, result.code)
                 return
             request.write(write_json(request, result.code, result.description, result.data))
@@ -148,6 +170,8 @@ class PushResource(JsonResource):
             self._unexpected(failure, prepared.request_id)
             answer(Answer(500, "internal server error", {}))
 
+        if not delivery.called:
+            self.waiting[request] = answer
         delivery.addCallbacks(answer, failed)
         return server.NOT_DONE_YET
 
@@ -184,21 +208,55 @@ class Root(resource.Resource):
         return any(address in network for network in self.allowed)
 
 
+class ApiSite(server.Site):
+    """A Site whose access log goes to the ``sylkpush.web.access`` logger at
+    DEBUG, and costs nothing unless that level is enabled: the request-id lines
+    of the dispatcher already say who asked what and what they got, and
+    Twisted's per-request access line (formatted and written for every
+    request) is measurable work on the hot path."""
+
+    access_log = logging.getLogger(__name__ + ".access")
+
+    def log(self, request: server.Request) -> None:
+        if self.access_log.isEnabledFor(logging.DEBUG):
+            stamp = self._logDateTime or http.datetimeToLogString()
+            self.access_log.debug("%s", self._logFormatter(stamp, request).rstrip())
+
+
+class ConnectionTracker(WrappingFactory):
+    """Wraps the Site to know its open connections, so a shutdown can close
+    them after their last answer is flushed (the reactor's own shutdown drops
+    whatever is still in the write buffers)."""
+
+    def __init__(self, site: server.Site) -> None:
+        super().__init__(site)
+        self._closed: List[Deferred] = []
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._closed = self._closed, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def close_all(self) -> "Deferred[None]":
+        """Close every connection once its pending output is written; fires when all are gone."""
+        if not self.protocols:
+            return succeed(None)
+        waiter: Deferred = Deferred()
+        self._closed.append(waiter)
+        for wrapper in list(self.protocols):
+            wrapper.transport.loseConnection()
+        return waiter
+
+
 def make_site(dispatcher: Dispatcher, allowed: Sequence[Any] = (),
               return_async: Callable[[], bool] = lambda: True) -> server.Site:
     """The API's Site: /, /push; more routes are added with ``site.resource.putChild``."""
     root = Root(allowed)
     root.putChild(b"push", PushResource(dispatcher, return_async))
-    site = server.Site(root)
+    site = ApiSite(root)
     site.requestFactory = ApiRequest
     site.displayTracebacks = False
     site.noisy = False
-
-    def access_log(request: server.Request) -> None:
-        # /push requests are logged with their request id by the dispatcher;
-        # the access log would double the logging cost of each push
-        if log.isEnabledFor(logging.DEBUG):
-            server.Site.log(site, request)
-
-    site.log = access_log
     return site

@@ -84,19 +84,19 @@ def make_config_dir(applications: str, general: str = "") -> str:
 
 
 def start_server(testcase: Any, applications: str, general: str = "",
-                 find_client: Any = recording_client_class) -> Tuple[PushServer, str]:
+                 find_client: Any = recording_client_class, **options: Any) -> Tuple[PushServer, str]:
     """Start a PushServer on 127.0.0.1 and a free port; stopped at cleanup.
 
-    ``find_client`` None means the real Apple and Firebase clients.
+    ``find_client`` None means the real Apple and Firebase clients;
+    ``options`` go to PushServer (``drain_timeout``, ``watch_interval``, ...).
     """
     directory = make_config_dir(applications, general)
     settings = load_settings(directory, host="127.0.0.1", port=0)
-    if find_client is None:  # the real push-service clients
-        server = PushServer(settings, reactor)
-    else:
-        server = PushServer(settings, reactor, find_client=find_client)
+    if find_client is not None:  # None: the real push-service clients
+        options["find_client"] = find_client
+    server = PushServer(settings, reactor, **options)
     server.startService()
-    testcase.addCleanup(server.stopService)
+    testcase.addCleanup(lambda: server.running and server.stopService())
     address = server.port.getHost()
     scheme = "https" if settings.tls_certificate else "http"
     return server, f"{scheme}://127.0.0.1:{address.port}"

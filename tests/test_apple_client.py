@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import jwt
 from twisted.internet import reactor
@@ -13,6 +12,7 @@ from twisted.trial.unittest import TestCase
 from sylkpush.pns.apple import AppleClient
 from sylkpush.pns.base import ConfigError
 from tests.apple_helpers import TOKEN, TOPIC, FakeAPNsMixin
+from tests.doubles import capture_logs
 
 
 def _apns_ids(fake):
@@ -169,6 +169,25 @@ class CertificateAuthTests(FakeAPNsMixin, TestCase):
         self.assertGreaterEqual(self.fake.connections_made, 2)
 
     @inlineCallbacks
+    def test_graceful_goaway_answers_are_kept_not_sent_twice(self):
+        """A server shutting down answers the streams it took after its GOAWAY:
+        those answers count, and nothing is sent (and delivered) a second time."""
+        self.fake.delay = 0.1
+        sends = [self.client.send(self.push(request_id=f"r{i}")) for i in range(40)]
+        for _ in range(500):
+            if self.fake.requests_received == 40:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.fake.goaway_gracefully()
+        sends += [self.client.send(self.push(request_id=f"r{i}")) for i in range(40, 60)]
+        results = yield gatherResults(sends)
+        self.assertEqual([r.code for r in results], [200] * 60)
+        self.assertEqual(self.fake.requests_received, 60)
+        self.assertEqual(len(self.fake.notifications), 60)
+        self.assertEqual(set(self.fake.deliveries.values()), {1})
+        self.assertEqual(self.fake.connections_made, 2)
+
+    @inlineCallbacks
     def test_connection_dropped_mid_stream_loses_nothing(self):
         self.fake.delay = 0.005
         sends = [self.client.send(self.push(request_id=f"r{i}")) for i in range(20)]
@@ -252,15 +271,7 @@ class TokenAuthTests(FakeAPNsMixin, TestCase):
 
     @inlineCallbacks
     def test_provider_token_never_logged(self):
-        records = []
-        handler = logging.Handler(logging.DEBUG)
-        handler.emit = lambda record: records.append(record.getMessage())
-        logger = logging.getLogger("sylkpush")
-        previous = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG)
-        self.addCleanup(logger.removeHandler, handler)
-        self.addCleanup(logger.setLevel, previous)
+        records = capture_logs(self, redact=False).lines  # the client's own redaction
         result = yield self.client.send(self.push(request_id="rid-42"))
         self.assertEqual(result.code, 200)
         [token] = self.fake.tokens_seen

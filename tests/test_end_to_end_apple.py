@@ -105,3 +105,27 @@ class EndToEndAppleTests(unittest.TestCase):
 def deferLater(delay):
     from twisted.internet import task
     return task.deferLater(reactor, delay, lambda: None)
+
+
+class CustomApplicationAppleTests(unittest.TestCase):
+    """config/applications/myapp.py rendering its own payload, delivered by the fake APNs."""
+
+    @defer.inlineCallbacks
+    def test_myapp_through_the_fake(self):
+        fake = FakeAPNs(reactor, directory=os.path.abspath(self.mktemp()))
+        yield fake.start()
+        self.addCleanup(fake.stop)
+        templates = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "config", "applications")
+        _, url = start_server(self, fake.applications_ini("com.example.myapp", "myapp", auth="token"),
+                              f"[applications]\nextra_applications_dir = {templates}\n", find_client=None)
+        code, body, _ = yield post(url + "/push", wakeup(app_id="com.example.myapp", token=TOKEN,
+                                                         event="message", media_type="chat", badge=4))
+        self.assertEqual(code, 200, body)
+        [delivery] = fake.notifications
+        self.assertEqual((delivery.headers["apns-push-type"], delivery.headers["apns-topic"],
+                          delivery.headers["apns-priority"]), ("alert", "com.example.myapp", "5"))
+        self.assertEqual(delivery.payload, {
+            "aps": {"alert": {"title": "Alice", "body": "message from alice@example.com"},
+                    "sound": "default", "badge": 4},
+            "event": "message", "call-id": "call-1@example.com"})

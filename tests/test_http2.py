@@ -9,6 +9,7 @@ from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import DataReceived, PingReceived, RequestReceived, StreamEnded
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -133,17 +134,48 @@ class H2ClientProtocolTests(TestCase):
         self.assertTrue([e for e in events if isinstance(e, StreamEnded)])
         self.assertEqual(handler.outcomes, [])
 
-    def test_goaway_refuses_unprocessed_streams(self):
+    def goaway(self, last_stream_id: int, error: ErrorCodes = ErrorCodes.NO_ERROR) -> None:
+        """The server's GOAWAY, before whatever it sends next."""
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = error
+        self.protocol.dataReceived(frame.serialize())
+
+    def test_goaway_refuses_unprocessed_streams_and_drains_the_others(self):
         self.connect()
         handlers = [self.request() for _ in range(3)]  # streams 1, 3, 5
         self.exchange()
         self.respond(1, 200)
-        self.server.close_connection(last_stream_id=3)
         self.exchange()
+        self.goaway(last_stream_id=3)
         self.assertEqual(handlers[0].outcomes[0][:2], ("response", 200))
-        self.assertEqual(handlers[1].outcomes[0][:2], ("failed", LOST))
+        self.assertEqual(handlers[1].outcomes, [])  # the server still answers stream 3
         self.assertEqual(handlers[2].outcomes[0][:2], ("failed", REFUSED))
         self.assertEqual(len(self.listener.goaway), 1)
+        self.assertEqual(self.protocol.available_streams(), 0)
+        self.assertFalse(self.transport.disconnecting)
+        self.respond(3, 200, b'{"late": true}')
+        self.exchange()
+        self.assertEqual(handlers[1].outcomes, [("response", 200, {"apns-id": "id-3"}, b'{"late": true}')])
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_goaway_without_the_promised_answers_gives_up_after_ping_timeout(self):
+        self.connect()
+        handler = self.request()
+        self.exchange()
+        self.goaway(last_stream_id=1, error=ErrorCodes.INTERNAL_ERROR)
+        self.assertEqual(handler.outcomes, [])
+        self.clock.advance(19)
+        self.assertEqual(handler.outcomes, [])
+        self.clock.advance(1)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(handler.outcomes[0][:2], ("failed", LOST))
+        self.assertIn("GOAWAY (INTERNAL_ERROR)", handler.outcomes[0][2])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_goaway_with_nothing_open_closes_at_once(self):
+        self.connect()
+        self.goaway(last_stream_id=0)
         self.assertTrue(self.transport.disconnecting)
         self.assertEqual(self.protocol.available_streams(), 0)
 

@@ -11,6 +11,10 @@ How to use it:
    platforms you configure.
 3. In applications.ini set ``app_type = acme`` in the application's section.
 
+For a custom push service (``app_platform = mypns``, see
+``config/pns/mypns.py``) the classes are ``Mypns<Apptype>Headers`` and
+``Mypns<Apptype>Payload``, subclassing ``Renderer`` (below).
+
 A renderer receives the validated request (``self.notification``: ``event``,
 ``call_id``, ``sip_from``, ``sip_to``, ``from_display_name``,
 ``media_type``, ``silent``, ``reason``, ``badge``, ``token`` ...), the
@@ -25,7 +29,7 @@ out, with a log line saying why.
 from typing import Any, Dict
 
 from sylkpush.applications.base import (
-    AppleHeaders, ApplePayload, FirebaseHeaders, FirebasePayload, base_topic, session_id,
+    AppleHeaders, ApplePayload, FirebaseHeaders, FirebasePayload, Renderer, base_topic, session_id,
 )
 
 
@@ -112,4 +116,33 @@ class FirebaseMyappPayload(FirebasePayload):
             "from_uri": notification.sip_from,
             "from_display_name": notification.from_display_name or notification.sip_from,
             "to_uri": notification.sip_to,
+        }
+
+
+class MypnsMyappHeaders(Renderer):
+    """Headers for the custom push service of ``config/pns/mypns.py``.
+
+    A custom platform has no base class of its own: subclass ``Renderer``
+    and provide a ``headers`` property returning a dict of strings.  Never
+    put credentials here; the push-service client adds them.
+    """
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        return {"x-mypns-priority": "high" if self.notification.is_voip else "normal"}
+
+
+class MypnsMyappPayload(Renderer):
+    """The payload for ``config/pns/mypns.py``: any JSON object."""
+
+    @property
+    def payload(self) -> Dict[str, Any]:
+        notification = self.notification
+        return {
+            "event": notification.event,
+            "call-id": notification.call_id,
+            "from": notification.sip_from,
+            "to": notification.sip_to,
+            "media-type": notification.media_type,
+            "sent-at": int(self.now),
         }

@@ -93,6 +93,21 @@ class CountingH2Connection(H2Connection):
             return self._counted(H2Connection.open_inbound_streams)
         return H2Connection.open_inbound_streams.fget(self)
 
+    def _receive_goaway_frame(self, frame: Any) -> Tuple[list, list]:
+        # h2 closes the whole connection state on GOAWAY and then refuses the
+        # frames of streams the peer still answers; RFC 9113 §6.8 says the
+        # streams up to last_stream_id may complete, and an answer thrown away
+        # is a push that reaches the device twice once it is sent again.
+        # The protocol opens no new stream after GOAWAY (it is "closing").
+        event = ConnectionTerminated()
+        try:
+            event.error_code = ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
 
 @implementer(IHandshakeListener)
 class H2ClientProtocol(Protocol):
@@ -116,6 +131,7 @@ class H2ClientProtocol(Protocol):
         self._last_activity = 0.0
         self._ping_timer: Any = None
         self._ping_ack_timer: Any = None
+        self._drain_timer: Any = None
         self._close_reason = "connection closed"
         self._max_streams = 0
 
@@ -255,7 +271,7 @@ class H2ClientProtocol(Protocol):
             # the peer answered before reading all of the body: close our side too
             self.conn.reset_stream(event.stream_id, ErrorCodes.CANCEL)
         stream.handler.response(stream.status, stream.headers, b"".join(stream.data))
-        self.listener.streams_available(self)
+        self._stream_closed()
 
     def _on_reset(self, event: StreamReset) -> None:
         stream = self._streams.pop(event.stream_id, None)
@@ -266,7 +282,7 @@ class H2ClientProtocol(Protocol):
         name = code.name if isinstance(code, ErrorCodes) else str(code)
         kind = REFUSED if code == ErrorCodes.REFUSED_STREAM else RESET
         stream.handler.failed(kind, f"stream reset by the server ({name})")
-        self.listener.streams_available(self)
+        self._stream_closed()
 
     def _on_window(self, event: WindowUpdated) -> None:
         if event.stream_id == 0:
@@ -277,22 +293,46 @@ class H2ClientProtocol(Protocol):
                 self._send_body(event.stream_id, stream)
 
     def _on_goaway(self, event: ConnectionTerminated) -> None:
-        # h2 treats GOAWAY as the end of the connection: nothing more can be
-        # read on it, so every stream still open fails now.  Those above
-        # last_stream_id were never processed by the peer.
+        # Streams above last_stream_id were never processed: safe to send
+        # again elsewhere.  Those up to it are still answered on this
+        # connection; it closes after the last of them, or after ping_timeout.
         code = event.error_code
         name = code.name if isinstance(code, ErrorCodes) else str(code)
         extra = ""
         if event.additional_data:
             extra = " " + event.additional_data.decode("utf-8", "replace")[:200]
         reason = f"server sent GOAWAY ({name}{extra})"
-        log.info("HTTP/2 connection to %s: %s, last stream %s", self._peer(), reason, event.last_stream_id)
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        log.info("HTTP/2 connection to %s: %s, last stream %s", self._peer(), reason, last)
+        first_goaway = not self.closing
         self.closing = True
         self._close_reason = reason
-        last = event.last_stream_id if event.last_stream_id is not None else 0
-        self._fail_streams(lambda stream_id: REFUSED if stream_id > last else LOST, reason)
-        self.listener.connection_goaway(self, reason)
-        self.transport.loseConnection()
+        refused = {stream_id: stream for stream_id, stream in self._streams.items() if stream_id > last}
+        for stream_id in refused:
+            del self._streams[stream_id]
+            self._blocked.discard(stream_id)
+        for stream_id in sorted(refused, reverse=True):
+            refused[stream_id].handler.failed(REFUSED, reason)
+        if first_goaway:
+            self.listener.connection_goaway(self, reason)
+        if not self._streams:
+            self.transport.loseConnection()
+        elif self._drain_timer is None:
+            self._drain_timer = self.reactor.callLater(self.ping_timeout, self._drain_timed_out)
+
+    def _drain_timed_out(self) -> None:
+        self._drain_timer = None
+        self.abort(f"{self._close_reason}: {len(self._streams)} streams unanswered "
+                   f"{self.ping_timeout:g} s later")
+
+    def _stream_closed(self) -> None:
+        """After a stream ended: the manager may start another, or a
+        connection draining after GOAWAY may now close."""
+        if self.closing:
+            if not self._streams and self.transport is not None:
+                self.transport.loseConnection()
+        else:
+            self.listener.streams_available(self)
 
     def _on_ping_ack(self, event: PingAckReceived) -> None:
         if self._ping_ack_timer is not None and self._ping_ack_timer.active():
@@ -364,10 +404,10 @@ class H2ClientProtocol(Protocol):
         self.abort(f"no answer to PING within {self.ping_timeout:g} s")
 
     def _cancel_timers(self) -> None:
-        for timer in (self._ping_timer, self._ping_ack_timer):
+        for timer in (self._ping_timer, self._ping_ack_timer, self._drain_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._ping_timer = self._ping_ack_timer = None
+        self._ping_timer = self._ping_ack_timer = self._drain_timer = None
 
     def _peer(self) -> str:
         try:

@@ -39,6 +39,9 @@ class PendingPush:
         self.url = url
         self.deferred: "Deferred[PushResult]" = Deferred()
         self.attempts = 0
+        #: whether it stands in a PendingQueue now, and whether one watches its answer
+        self.queued = False
+        self.watched = False
         #: why the last try failed; part of the 503 reason at the deadline
         self.last_failure = "no connection to the push service"
         self._timer = reactor.callLater(max(0.0, push.deadline - reactor.seconds()), self._expire)
@@ -68,42 +71,65 @@ class PendingPush:
 
 
 class PendingQueue:
-    """A bounded FIFO of pushes waiting for a connection or a free stream."""
+    """A bounded FIFO of pushes waiting for a connection or a free stream.
+
+    A push answered while it waits (its deadline passed) stops counting at
+    once, wherever it stands in the line, so expired calls never fill the
+    queue ahead of live ones; its slot in the deque is reclaimed when it
+    reaches the front or at the next compaction.
+    """
 
     def __init__(self, limit: int = DEFAULT_QUEUE_LIMIT) -> None:
         self.limit = limit
         self._items: Deque[PendingPush] = deque()
+        self._waiting = 0  # pushes in _items not answered yet
 
     def __len__(self) -> int:
-        self._drop_answered()
-        return len(self._items)
+        return self._waiting
 
     def put(self, pending: PendingPush) -> bool:
         """Queue ``pending``; when the queue is full answer it 503 and return False."""
-        self._drop_answered()
-        if len(self._items) >= self.limit:
+        if self._waiting >= self.limit:
             pending.fail(f"queue full ({self.limit} requests waiting)")
             return False
+        self._enter(pending)
         self._items.append(pending)
         return True
 
     def put_front(self, pending: PendingPush) -> None:
         """Put back a push whose try failed; it keeps its place ahead of newer ones."""
+        self._enter(pending)
         self._items.appendleft(pending)
 
     def get(self) -> Optional[PendingPush]:
         """The oldest push not answered yet, or None."""
         while self._items:
             pending = self._items.popleft()
-            if not pending.answered:
+            if pending.queued:
+                pending.queued = False
+                self._waiting -= 1
                 return pending
         return None
 
     def fail_all(self, reason: str) -> None:
         """Answer every waiting push 503 (used when a client is stopped)."""
-        while self._items:
-            self._items.popleft().fail(reason)
+        while True:
+            pending = self.get()
+            if pending is None:
+                return
+            pending.fail(reason)
 
-    def _drop_answered(self) -> None:
-        while self._items and self._items[0].answered:
-            self._items.popleft()
+    def _enter(self, pending: PendingPush) -> None:
+        if not pending.watched:
+            pending.watched = True
+            pending.deferred.addBoth(self._answered, pending)
+        pending.queued = True
+        self._waiting += 1
+        if len(self._items) > 2 * self._waiting + 64:
+            self._items = deque(p for p in self._items if p.queued)
+
+    def _answered(self, result: object, pending: PendingPush) -> object:
+        if pending.queued:
+            pending.queued = False
+            self._waiting -= 1
+        return result

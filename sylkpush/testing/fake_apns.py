@@ -43,6 +43,7 @@ from h2.errors import ErrorCodes
 from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset)
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList, succeed
@@ -95,7 +96,10 @@ class FakeAPNsProtocol(Protocol):
         self.client_certificate = False
         self.requests: Dict[int, _Request] = {}
         self.last_answered = 0
+        self.last_received = 0
         self.closing = False
+        #: after a graceful GOAWAY: answering what it took, then closing
+        self.draining = False
         self.lost = Deferred()
         self._flush_call: Any = None
 
@@ -165,6 +169,10 @@ class FakeAPNsProtocol(Protocol):
     # -- used by FakeAPNs -----------------------------------------------------
 
     def _request_started(self, event: RequestReceived) -> None:
+        if self.draining:  # opened after our GOAWAY: never processed
+            self.conn.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        self.last_received = max(self.last_received, event.stream_id)
         self.requests[event.stream_id] = _Request(event.stream_id, list(event.headers))
         fake = self.fake
         fake.max_open_streams = max(fake.max_open_streams, len(self.requests))
@@ -191,8 +199,29 @@ class FakeAPNsProtocol(Protocol):
         except H2Error:
             return False
         self.last_answered = max(self.last_answered, request.stream_id)
-        self._flush_soon()
+        if self.draining and not self.requests:
+            self._flush()
+            self.closing = True
+            self.transport.loseConnection()
+        else:
+            self._flush_soon()
         return True
+
+    def goaway_gracefully(self) -> None:
+        """GOAWAY naming the last stream received, as a server that shuts
+        down does: those streams are still answered, then it closes."""
+        if self.closing or self.draining:
+            return
+        self._flush()
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self.last_received
+        frame.error_code = ErrorCodes.NO_ERROR
+        # written by hand: h2 would refuse to answer anything after its own GOAWAY
+        self.transport.write(frame.serialize())
+        self.draining = True
+        if not self.requests:
+            self.closing = True
+            self.transport.loseConnection()
 
     def reset(self, request: _Request) -> None:
         if self.requests.pop(request.stream_id, None) is not None and not self.closing:
@@ -382,6 +411,11 @@ class FakeAPNs:
     def goaway_after(self, count: int) -> None:
         """Send GOAWAY right after answering the ``count``-th next request."""
         self._goaway_after = count
+
+    def goaway_gracefully(self) -> None:
+        """Graceful GOAWAY on every connection: what was received is still answered."""
+        for connection in list(self._connections):
+            connection.goaway_gracefully()
 
     def goaway_now(self, reason: str = "") -> None:
         """GOAWAY on every connection now; unanswered requests are not delivered."""

@@ -22,7 +22,7 @@ class SylkPushServiceMaker:
         from sylkpush.cli import read_settings
         from sylkpush.config import ConfigFileError
         from sylkpush.logs import setup_logging
-        from sylkpush.service import PushServer
+        from sylkpush.service import DRAIN_TIMEOUT, PushServer
         try:
             settings = read_settings(options["config_dir"], options["ip"], options["port"],
                                      options["debug"] or None)
@@ -31,8 +31,10 @@ class SylkPushServiceMaker:
         parent = getattr(options, "parent", None) or {}
         setup_logging(foreground=bool(parent.get("nodaemon")), debug=settings.debug,
                       log_file=settings.log_file if settings.log_to_file else "",
-                      debug_hpack=settings.debug_hpack)
-        return PushServer(settings)
+                      debug_hpack=settings.debug_hpack, forward_twisted=False)
+        drain = options["drain_timeout"]
+        return PushServer(settings, drain_timeout=DRAIN_TIMEOUT if drain is None else drain,
+                          handle_sighup=True)
 
 
 serviceMaker = SylkPushServiceMaker()

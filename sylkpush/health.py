@@ -1,0 +1,67 @@
+"""``GET /health`` (SPEC §12): the state of every configured application.
+
+The answer is the usual JSON envelope; ``data`` maps each application
+(``<platform>/<app_id>``) to its client's ``status()`` plus ``up``.  An
+application is up when its client reports one of :data:`UP_STATES`; an
+application whose push-service code could not be loaded is down.  The HTTP
+status is 200 when at least one application is up, and 503 when none is
+configured or all are down, so a load balancer stops sending wake-ups to a
+server that cannot deliver any.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable, Dict
+
+from twisted.web import server
+
+from sylkpush.registry import Application, AppRegistry
+from sylkpush.web import JsonResource, write_json
+
+log = logging.getLogger(__name__)
+
+#: client states in which an application can deliver now
+UP_STATES = frozenset({"ready", "connected", "open", "idle"})
+
+
+def application_status(app: Application) -> Dict[str, Any]:
+    """``app``'s client status with ``up`` added; never raises."""
+    if app.client is None:
+        return {"state": "unavailable", "reason": app.client_problem, "queued": 0,
+                "in_flight": 0, "reconnects": 0, "up": False}
+    try:
+        status = dict(app.client.status())
+    except Exception as exc:
+        log.exception("status() of %s failed", app.label)
+        status = {"state": "error", "reason": f"status() failed: {type(exc).__name__}"}
+    status["up"] = status.get("state") in UP_STATES
+    return status
+
+
+def health(registry: AppRegistry) -> Dict[str, Any]:
+    """The ``data`` of ``/health``."""
+    return {f"{app.config.platform}/{app.config.app_id}": application_status(app) for app in registry}
+
+
+class HealthResource(JsonResource):
+    """``GET /health``."""
+
+    def __init__(self, registry: Callable[[], AppRegistry]) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: server.Request) -> bytes:
+        data = health(self.registry())
+        up = sum(1 for status in data.values() if status["up"])
+        if not data:
+            return write_json(request, 503, "no application is configured", {})
+        if not up:
+            return write_json(request, 503, "no application can deliver", _jsonable(data))
+        return write_json(request, 200, f"{up} of {len(data)} applications up", _jsonable(data))
+
+
+def _jsonable(data: Dict[str, Any]) -> Dict[str, Any]:
+    # a client may put non-JSON values (enums, timestamps) in its status
+    return json.loads(json.dumps(data, default=str))

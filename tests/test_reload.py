@@ -1,0 +1,216 @@
+"""Live reload of applications.ini (SPEC §10): file changes, SIGHUP, broken files."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from tests.doubles import DelayedClient, capture_logs, start_ops_server, write_applications
+from tests.helpers import LINPHONE_APPLE, SYLK_APPLE, SYLK_FIREBASE, post, wakeup
+from sylkpush.reload import FileWatcher
+
+SYLK_APPLE_VOIP = SYLK_APPLE + "voip = true\n"
+BROKEN_SYLK_APPLE = SYLK_APPLE + "apple_certificate = missing.pem\n"
+
+
+@defer.inlineCallbacks
+def until(condition, step=0.01):
+    """Wait (on the reactor, never blocking it) until ``condition()`` is true."""
+    while not condition():
+        yield task.deferLater(reactor, step, lambda: None)
+
+
+class FileWatcherTests(unittest.TestCase):
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        os.mkdir(self.directory)
+        self.path = os.path.join(self.directory, "applications.ini")
+        with open(self.path, "w") as stream:
+            stream.write("[a]\n")
+        self.clock = task.Clock()
+        self.changes = []
+        self.watcher = FileWatcher(self.path, lambda: self.changes.append(1), self.clock, interval=1.0)
+        self.watcher.start()
+        self.addCleanup(self.watcher.stop)
+
+    def test_change_seen_at_the_next_poll(self):
+        self.clock.advance(1.0)
+        self.assertEqual(self.changes, [])
+        write_applications(self.directory, "[a]\n[b]\n")
+        self.clock.advance(0.99)
+        self.assertEqual(self.changes, [])
+        self.clock.advance(0.01)  # at most one interval (1 s) after the change
+        self.assertEqual(self.changes, [1])
+        self.clock.advance(5)
+        self.assertEqual(self.changes, [1])
+
+    def test_rewrite_in_place_and_removal_are_changes(self):
+        with open(self.path, "a") as stream:
+            stream.write("[c]\n")
+        self.clock.advance(1.0)
+        os.remove(self.path)
+        self.clock.advance(1.0)
+        self.assertEqual(self.changes, [1, 1])
+
+    def test_failing_callback_keeps_watching(self):
+        self.watcher.changed = lambda: 1 / 0
+        logs = capture_logs(self)
+        write_applications(self.directory, "[x]\n[y]\n")
+        self.clock.advance(1.0)
+        self.assertTrue(logs.matching("reloading after a change"))
+        self.assertTrue(self.watcher._loop.running)
+
+
+class ReloadTests(unittest.TestCase):
+
+    def setUp(self):
+        DelayedClient.instances = []
+        self.logs = capture_logs(self)
+        self.server, self.url, self.directory = start_ops_server(self, SYLK_APPLE + SYLK_FIREBASE)
+
+    def app(self, platform="apple", app_id="com.example.sylk"):
+        return self.server.registry.get(app_id, platform)
+
+    @defer.inlineCallbacks
+    def test_added_removed_unchanged(self):
+        apple, firebase = self.app().client, self.app("firebase").client
+        write_applications(self.directory, SYLK_APPLE + LINPHONE_APPLE)
+        applied = yield self.server.reload()
+        self.assertTrue(applied)
+        self.assertIs(self.app().client, apple)  # unchanged: same connection
+        self.assertFalse(apple.stopping)
+        self.assertIsNone(self.app("firebase"))
+        self.assertTrue(firebase.stopping)
+        linphone = self.app(app_id="org.linphone.phone").client
+        self.assertTrue(linphone.started)
+        code, _, _ = yield post(self.url + "/push", wakeup(**{"app-id": "org.linphone.phone"}))
+        self.assertEqual(code, 200)
+        code, _, _ = yield post(self.url + "/push", wakeup(platform="firebase"))
+        self.assertEqual(code, 404)
+
+    @defer.inlineCallbacks
+    def test_changed_app_replaced(self):
+        old = self.app().client
+        write_applications(self.directory, SYLK_APPLE_VOIP + SYLK_FIREBASE)
+        yield self.server.reload()
+        new = self.app().client
+        self.assertIsNot(new, old)
+        self.assertTrue(new.started)
+        self.assertTrue(old.stopping)
+        self.assertTrue(self.app().config.voip)
+
+    @defer.inlineCallbacks
+    def test_unparsable_file_keeps_everything(self):
+        registry = self.server.registry
+        write_applications(self.directory, "this is not an ini file\n[broken")
+        applied = yield self.server.reload()
+        self.assertFalse(applied)
+        self.assertIs(self.server.registry, registry)
+        self.assertEqual(len(registry), 2)
+        self.assertFalse(any(c.stopping for c in DelayedClient.instances))
+        [line] = self.logs.matching("the previous applications stay active")
+        self.assertIn("applications.ini", line)
+        code, _, _ = yield post(self.url + "/push", wakeup())
+        self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
+    def test_missing_file_keeps_everything(self):
+        registry = self.server.registry
+        os.remove(os.path.join(self.directory, "applications.ini"))
+        applied = yield self.server.reload()
+        self.assertFalse(applied)
+        self.assertIs(self.server.registry, registry)
+
+    @defer.inlineCallbacks
+    def test_broken_section_keeps_previous_settings(self):
+        apple = self.app().client
+        broken_new = "[new-broken]\napp_id = com.example.new\napp_type = sylk\n"  # no platform
+        write_applications(self.directory, BROKEN_SYLK_APPLE + broken_new + LINPHONE_APPLE)
+        applied = yield self.server.reload()
+        self.assertTrue(applied)
+        # the broken section's previous working application stays, with its client
+        self.assertIs(self.app().client, apple)
+        self.assertFalse(apple.stopping)
+        self.assertFalse(self.app().config.apple_certificate)
+        # a broken section that never worked is left out; removed ones go
+        self.assertIsNone(self.app(app_id="com.example.new"))
+        self.assertIsNone(self.app("firebase"))
+        self.assertIsNotNone(self.app(app_id="org.linphone.phone"))
+        [problem] = self.logs.matching("application [sylk-ios] disabled")
+        self.assertIn("missing.pem does not exist", problem)
+        self.assertTrue(self.logs.matching("application [sylk-ios]: its previous working settings stay active"))
+        self.assertTrue(self.logs.matching("application [new-broken] disabled: app_platform is missing"))
+        code, _, _ = yield post(self.url + "/push", wakeup())
+        self.assertEqual(code, 200)
+        # once fixed, the new settings are applied
+        write_applications(self.directory, SYLK_APPLE_VOIP)
+        yield self.server.reload()
+        self.assertTrue(self.app().config.voip)
+        self.assertTrue(apple.stopping)
+
+    @defer.inlineCallbacks
+    def test_file_change_applied_by_polling(self):
+        server, _, directory = start_ops_server(self, SYLK_APPLE, watch_interval=0.02)
+        write_applications(directory, SYLK_APPLE + SYLK_FIREBASE)
+        yield until(lambda: server.reloads)
+        self.assertIsNotNone(server.registry.get("com.example.sylk", "firebase"))
+
+    @defer.inlineCallbacks
+    def test_sighup_reloads(self):
+        server, _, directory = start_ops_server(self, SYLK_APPLE, handle_sighup=True)
+        write_applications(directory, SYLK_APPLE + SYLK_FIREBASE)
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield until(lambda: server.reloads)
+        self.assertIsNotNone(server.registry.get("com.example.sylk", "firebase"))
+        self.assertTrue(self.logs.matching("SIGHUP: reloading"))
+        yield server.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
+
+    @defer.inlineCallbacks
+    def test_overlapping_reloads_run_one_after_the_other(self):
+        write_applications(self.directory, SYLK_APPLE_VOIP)
+        first, second = self.server.reload(), self.server.reload()
+        results = yield defer.gatherResults([first, second])
+        self.assertEqual(results, [True, True])
+        self.assertEqual(self.server.reloads, 2)
+        self.assertEqual(len(self.server.registry), 1)
+
+    @defer.inlineCallbacks
+    def test_no_request_lost_or_answered_twice_during_reloads(self):
+        """A steady stream of 200 pushes while the app's settings change 5
+        times: each change retires the client that has pushes in flight."""
+        DelayedClient.default_delay = 0.03
+        self.addCleanup(setattr, DelayedClient, "default_delay", 0.01)
+        variants = [SYLK_APPLE + f"delay = 0.0{i % 3 + 2}\n" + (SYLK_FIREBASE if i % 2 else LINPHONE_APPLE)
+                    for i in range(5)]
+        calls, reloads = [], []
+        for i in range(200):
+            calls.append(post(self.url + "/push", wakeup(token=f"token-{i}", call_id=f"call-{i}")))
+            if i % 40 == 20:
+                write_applications(self.directory, variants[i // 40])
+                reloads.append(self.server.reload())
+            yield task.deferLater(reactor, 0.002, lambda: None)
+        answers = yield defer.gatherResults(calls)
+        applied = yield defer.gatherResults(reloads)
+        self.assertEqual(applied, [True] * 5)
+        codes = [code for code, _, _ in answers]
+        tokens = [body["data"]["token"] for _, body, _ in answers]
+        self.assertEqual(codes, [200] * 200)
+        self.assertEqual(sorted(tokens), sorted(f"token-{i}" for i in range(200)))
+        sent = [push.token for client in DelayedClient.instances for push in client.sent]
+        self.assertEqual(len(sent), 200)  # each push delivered once: none lost, none twice
+        self.assertEqual(len(set(sent)), 200)
+        self.assertEqual([c for c in DelayedClient.instances if c.late], [])
+        apple_clients = [c for c in DelayedClient.instances if c.app.platform == "apple" and c.sent
+                         and c.app.app_id == "com.example.sylk"]
+        self.assertGreaterEqual(len(apple_clients), 4)  # the stream really crossed the swaps
+        # retired clients still had pushes in flight, which finished after the swap
+        self.assertGreater(sum(c.in_flight_at_stop for c in apple_clients), 0)
+        if os.environ.get("SYLKPUSH_FIGURES"):
+            print(f"\nreload stream: 200 requests, {len(set(tokens))} answered, {len(sent) - len(set(sent))} "
+                  f"duplicates, {200 - len(set(sent))} lost, {len(apple_clients)} clients, "
+                  f"{sum(c.in_flight_at_stop for c in apple_clients)} in flight at retirement")

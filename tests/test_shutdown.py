@@ -1,0 +1,139 @@
+"""SIGTERM/SIGINT on a real ``./sylk-pushserver`` process (SPEC §10): the port
+closes, pushes in flight are finished (or answered 503 past the drain
+deadline), and the process exits 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.trial import unittest
+
+from tests.helpers import make_config_dir, post, wakeup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: a custom push service that answers each push ``delay`` seconds later
+SLOW_PNS = '''
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from sylkpush.pns.base import PushClient, PushResult
+
+
+class MypnsClient(PushClient):
+    def __init__(self, app, reactor):
+        super().__init__(app, reactor)
+        self.delay = float(app.option("delay"))
+        self.waiting = []
+
+    def send(self, push):
+        answer = Deferred()
+        self.waiting.append(answer)
+        self.reactor.callLater(self.delay, answer.callback, PushResult(200, "OK", "slow://" + push.token))
+        return answer
+
+    def stop(self):
+        pending = [d for d in self.waiting if not d.called]
+        done = [Deferred() for _ in pending]
+        for answer, finished in zip(pending, done):
+            answer.addBoth(lambda result, f=finished: (f.callback(None), result)[1])
+        return DeferredList(done) if done else succeed(None)
+'''
+
+
+def slow_app(delay: float) -> str:
+    return f"""
+[slow]
+app_id = com.example.slow
+app_type = myapp
+app_platform = mypns
+delay = {delay}
+"""
+
+
+class ServerProcess(protocol.ProcessProtocol):
+    """Collects the daemon's console log; ``listening`` fires with its port."""
+
+    def __init__(self):
+        self.output = b""
+        self.listening = defer.Deferred()
+        self.ended = defer.Deferred()
+
+    def errReceived(self, data):
+        self.output += data
+        found = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", self.output)
+        if found and not self.listening.called:
+            self.listening.callback(int(found.group(1)))
+
+    outReceived = errReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+
+class ShutdownTests(unittest.TestCase):
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def start(self, delay, drain_timeout):
+        directory = make_config_dir(slow_app(delay))
+        os.mkdir(os.path.join(directory, "applications"))
+        shutil.copy(os.path.join(ROOT, "config", "applications", "myapp.py"), os.path.join(directory, "applications"))
+        os.mkdir(os.path.join(directory, "pns"))
+        with open(os.path.join(directory, "pns", "mypns.py"), "w") as stream:
+            stream.write(SLOW_PNS)
+        process = ServerProcess()
+        args = [sys.executable, os.path.join(ROOT, "sylk-pushserver"), "--config_dir", directory,
+                "--no-fork", "--port", "0", "--drain_timeout", str(drain_timeout)]
+        transport = reactor.spawnProcess(process, sys.executable, args, env=dict(os.environ), path=ROOT)
+
+        def kill_if_running():
+            if not process.ended.called:
+                transport.signalProcess("KILL")
+                return process.ended
+        self.addCleanup(kill_if_running)
+        port = yield process.listening
+        return process, transport, f"http://127.0.0.1:{port}"
+
+    @defer.inlineCallbacks
+    def in_flight(self, url, count):
+        """Wait until the server reports ``count`` pushes in flight."""
+        while True:
+            _, text, _ = yield post(url + "/metrics", None, method="GET")
+            if f"sylkpush_in_flight {float(count)}" in text:
+                return
+            yield task.deferLater(reactor, 0.02, lambda: None)
+
+    def push(self, url, i):
+        return post(url + "/push", wakeup(**{"app-id": "com.example.slow", "platform": "mypns",
+                                             "token": f"t{i}", "call-id": f"c{i}"}))
+
+    @defer.inlineCallbacks
+    def test_sigterm_finishes_pushes_in_flight(self):
+        process, transport, url = yield self.start(delay=1.0, drain_timeout=10)
+        calls = [self.push(url, i) for i in range(10)]
+        yield self.in_flight(url, 10)
+        transport.signalProcess("TERM")
+        answers = yield defer.gatherResults(calls)
+        self.assertEqual([code for code, _, _ in answers], [200] * 10)
+        self.assertEqual(sorted(body["data"]["token"] for _, body, _ in answers), sorted(f"t{i}" for i in range(10)))
+        exit_code = yield process.ended
+        self.assertEqual(exit_code, 0, process.output.decode())
+        self.assertIn(b"waiting up to 10 s for 10 pushes in flight", process.output)
+        self.assertIn(b"Sylk Pushserver stopped", process.output)
+
+    @defer.inlineCallbacks
+    def test_drain_deadline_answers_503(self):
+        process, transport, url = yield self.start(delay=60, drain_timeout=0.5)
+        calls = [self.push(url, i) for i in range(5)]
+        yield self.in_flight(url, 5)
+        transport.signalProcess("INT")
+        answers = yield defer.gatherResults(calls)
+        self.assertEqual([code for code, _, _ in answers], [503] * 5)
+        self.assertIn("did not finish within 0.5 s", answers[0][1]["description"])
+        exit_code = yield process.ended
+        self.assertEqual(exit_code, 0, process.output.decode())
+        self.assertIn(b"drain deadline passed: 5 waiting callers answered 503", process.output)
