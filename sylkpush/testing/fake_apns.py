@@ -180,8 +180,15 @@ class FakeAPNsProtocol(Protocol):
             # the connection dies with the request half received
             fake._drop_next -= 1
             fake.dropped += 1
-            self.closing = True
-            self.transport.abortConnection()
+            self.crash()
+
+    def crash(self) -> None:
+        """Die with the requests not yet answered.  Answers already counted as
+        delivered are flushed first: were they dropped with the connection, a
+        client that retried them would be blamed for a duplicate the fake made."""
+        self._flush()
+        self.closing = True
+        self.transport.loseConnection()
 
     def answer(self, request: _Request, status: int, apns_id: str, body: Optional[dict]) -> bool:
         """Write the answer of ``request``; False when the stream or connection is gone."""
@@ -362,8 +369,7 @@ class FakeAPNs:
         """Stop listening and drop every connection (what a crash looks like)."""
         waits = [connection.lost for connection in list(self._connections)]
         for connection in list(self._connections):
-            connection.closing = True
-            connection.transport.abortConnection()
+            connection.crash()
         if self._listening is not None:
             waits.append(self._listening.stopListening())
             self._listening = None
