@@ -36,8 +36,9 @@ class Fake:
     def __init__(self, module: str, directory: str, extra: List[str], python: str = sys.executable) -> None:
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
+        dir_option = "--dir" if module.endswith("fake_fcm") else "--ca-dir"
         self.process = subprocess.Popen(
-            [python, "-u", "-m", module, "--ca-dir", directory, "--control-port", "0", "--quiet", *extra],
+            [python, "-u", "-m", module, dir_option, directory, "--control-port", "0", "--quiet", *extra],
             stdout=subprocess.PIPE, stderr=open(os.path.join(directory, "fake.log"), "w"),
             text=True, env=ENV)
         first = self.process.stdout.readline()
@@ -86,6 +87,22 @@ def apple_sections(fake: Fake, count: int, prefix: str = "com.example.bench") ->
             f"[bench-apple-{i}]\napp_id = {prefix}{i}\napp_type = sylk\napp_platform = apple\n"
             f"apple_push_url = 127.0.0.1:{fake.port}\ntls_ca_file = {fake.directory}/ca.crt\n"
             f"apple_certificate = {fake.directory}/client.crt\napple_key = {fake.directory}/client.key\n")
+    return "\n".join(sections)
+
+
+def firebase_sections(fake: Fake, count: int, prefix: str = "com.example.bench") -> str:
+    """``count`` Firebase (FCM v1) applications cloned from the sample the fake FCM writes."""
+    import configparser
+    sample = configparser.ConfigParser()
+    sample.read(os.path.join(fake.directory, "fake-fcm-applications.ini"))
+    values = sample[sample.sections()[0]]
+    sections = []
+    for i in range(count):
+        sections.append(
+            f"[bench-firebase-{i}]\napp_id = {prefix}{i}\napp_type = sylk\napp_platform = firebase\n"
+            f"firebase_push_url = {values['firebase_push_url']}\n"
+            f"firebase_authorization_file = {values['firebase_authorization_file']}\n"
+            f"tls_ca_file = {values['tls_ca_file']}\n")
     return "\n".join(sections)
 
 

@@ -13,12 +13,14 @@ Loopback only: the fakes are test tools.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Dict
+from collections import Counter
+from typing import Any, Callable, Dict, List
 
 from twisted.web import resource, server
 
 #: fault name -> what it does to a fake, given the request's ``count``
 FAULTS: Dict[str, Callable[[Any, int], Any]] = {
+    # FakeAPNs and FakeFCM: fail, slow, restart, stop, start; the others FakeAPNs only
     "drop": lambda fake, count: fake.drop_next(count),
     "fail": lambda fake, count: fake.fail_next(count, 500),
     "fail503": lambda fake, count: fake.fail_next(count, 503),
@@ -28,24 +30,32 @@ FAULTS: Dict[str, Callable[[Any, int], Any]] = {
     "slow": lambda fake, count: setattr(fake, "delay", count / 1000.0),
     "restart": lambda fake, count: fake.restart(),
     "stop": lambda fake, count: fake.stop(),
-    "start": lambda fake, count: fake.start(),
+    "start": lambda fake, count: fake.start() if getattr(fake, "_listening", None) is None else None,
     "wrong_ca": lambda fake, count: fake.present_wrong_certificate(bool(count)),
 }
 
 
+def delivered_payloads(fake: Any) -> List[Any]:
+    """What the fake accepted: APNs payloads, or FCM v1 messages and legacy bodies."""
+    if hasattr(fake, "notifications"):
+        return [delivery.payload for delivery in fake.notifications]
+    return list(fake.messages) + list(fake.legacy_messages)
+
+
 def fake_stats(fake: Any) -> Dict[str, Any]:
-    """What a run checks at the fake: requests, answers by status, deliveries
-    and notifications delivered more than once (by apns-id / message id)."""
-    deliveries = fake.deliveries
-    return {
-        "requests": fake.requests_received,
-        "delivered": sum(deliveries.values()),
-        "distinct": len(deliveries),
-        "duplicated": sum(count - 1 for count in deliveries.values() if count > 1),
-        "answers": {str(code): count for code, count in sorted(fake.answers.items())},
-        "connections": fake.connections_made,
-        "max_open_streams": fake.max_open_streams,
+    """What a run checks at the fake: requests, deliveries, and call-ids
+    delivered more than once."""
+    calls = Counter(call_id_of(payload) for payload in delivered_payloads(fake))
+    stats = {
+        "requests": getattr(fake, "requests_received", getattr(fake, "push_requests", 0)),
+        "delivered": sum(calls.values()),
+        "distinct": len(calls),
+        "duplicated": sum(count - 1 for count in calls.values() if count > 1),
     }
+    if hasattr(fake, "answers"):
+        stats["answers"] = {str(code): count for code, count in sorted(fake.answers.items())}
+        stats["connections"] = fake.connections_made
+    return stats
 
 
 def call_id_of(payload: Any) -> str:
@@ -70,7 +80,7 @@ class ControlResource(resource.Resource):
     def render_GET(self, request: server.Request) -> bytes:
         if request.postpath and request.postpath[0] == b"delivered":
             request.setHeader(b"content-type", b"text/plain")
-            return "".join(call_id_of(d.payload) + "\n" for d in self.fake.notifications).encode()
+            return "".join(call_id_of(payload) + "\n" for payload in delivered_payloads(self.fake)).encode()
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(fake_stats(self.fake)).encode()
 
