@@ -2,6 +2,8 @@
 #   make run    create .venv and start the daemon (with the demo fakes) on ./config
 #   make test   create .venv and run the trial suite
 #   make test-debian   run the suite on Debian 12's packaged libraries (/usr/bin/python3)
+#   make bench  throughput, added latency and memory against the fakes (installs wrk; PROFILE=1: py-spy)
+#   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 
 PYTHON ?= python3
 VENV := .venv
@@ -32,6 +34,32 @@ debian-deps:
 
 test-debian: debian-deps
 	PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(TESTS)
+
+# make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase PROFILE=1
+DURATION ?= 10
+LATENCIES ?= 0,50,200
+RATES ?= 0
+FIXED_RATE ?= 1000
+PLATFORMS ?= apple,firebase
+QUEUED ?= 10000
+PROFILE ?=
+BENCH_ARGS ?=
+
+bench: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@if [ -n "$(PROFILE)" ]; then $(VPY) -m pip install --quiet py-spy; fi
+	PYTHONPATH=. $(VPY) scripts/bench --duration $(DURATION) --latencies $(LATENCIES) --rates $(RATES) \
+	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) \
+	  $(if $(PROFILE),--profile) $(BENCH_ARGS)
+
+# make soak SOAK_DURATION=120 FAULT_EVERY=3 PLATFORMS=apple,firebase
+SOAK_DURATION ?= 120
+FAULT_EVERY ?= 3
+
+soak: $(STAMP)
+	PYTHONPATH=. $(VPY) scripts/soak --duration $(SOAK_DURATION) --fault-every $(FAULT_EVERY) \
+	  --platforms $(PLATFORMS)
 
 clean:
 	rm -rf $(VENV) _trial_temp* build dist *.egg-info run

@@ -14,6 +14,7 @@ import os
 import queue
 import re
 import sys
+import time
 from typing import List, Optional
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -39,23 +40,32 @@ _SECRET_PATTERNS = [
 ]
 
 
+#: one search that every text holding a secret matches (case-insensitive, like the patterns);
+#: most log lines match none, and then the five substitutions are skipped
+_SECRET_HINT = re.compile(r"(?i)bearer|key=|access_token|assertion|private_key|private key|eyJ")
+
+
 def redact(text: str) -> str:
     """``text`` with JWTs, access tokens, legacy keys and private keys removed."""
+    if _SECRET_HINT.search(text) is None:
+        return text
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
 
 
 class RedactingFilter(logging.Filter):
-    """Rewrites each record's message with :func:`redact`."""
+    """Rewrites each record's message with :func:`redact`.
+
+    The message is merged with its arguments here, once, so the queue handler
+    and the listener's formatters do not format it again.
+    """
 
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        cleaned = redact(message)
-        if cleaned != message or record.args:
-            record.msg, record.args = cleaned, None
+        record.msg, record.args = redact(message), None
         # tracebacks are formatted later by the handlers: format and clean them now
         if record.exc_info and not record.exc_text:
             record.exc_text = self._formatter.formatException(record.exc_info)
@@ -71,11 +81,60 @@ class DroppingQueueHandler(logging.handlers.QueueHandler):
 
     dropped = 0
 
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The stdlib copies every record and formats it a second time; ours
+        # are already merged by the redacting filter and are not touched
+        # again by the emitting code, so only records carrying an exception
+        # (whose traceback must be rendered here) take the copying path.
+        if record.exc_info or record.stack_info or record.args:
+            return super().prepare(record)
+        record.message = record.msg = str(record.msg)
+        return record
+
     def enqueue(self, record: logging.LogRecord) -> None:
         try:
             self.queue.put_nowait(record)
         except queue.Full:
             self.dropped += 1
+
+
+class SecondCachingFormatter(logging.Formatter):
+    """FORMAT's formatter, rendering the timestamp's date and time once a second."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:  # noqa: N802
+        second = int(record.created)
+        if second != self._second or datefmt:
+            # the listener thread alone formats: no lock needed
+            self._text = time.strftime(datefmt or self.default_time_format, self.converter(record.created))
+            self._second = second
+        return "%s,%03d" % (self._text, record.msecs)
+
+
+class BatchedStreamHandler(logging.StreamHandler):
+    """A StreamHandler that leaves flushing to :class:`BatchingListener`:
+    a burst of records becomes one write to the console or the file."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+
+
+class BatchingListener(logging.handlers.QueueListener):
+    """Flushes its handlers when the queue runs empty rather than after every record."""
+
+    def dequeue(self, block: bool) -> logging.LogRecord:
+        if block:
+            try:
+                return self.queue.get_nowait()
+            except queue.Empty:
+                for handler in self.handlers:
+                    handler.flush()
+        return self.queue.get(block)
 
 
 def journal_handler() -> Optional[logging.Handler]:
@@ -105,8 +164,8 @@ def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
     handlers: List[logging.Handler] = []
     destination = None if foreground else journal_handler()
     if destination is None:
-        destination = logging.StreamHandler(sys.stderr)
-        destination.setFormatter(logging.Formatter(FORMAT))
+        destination = BatchedStreamHandler(sys.stderr)
+        destination.setFormatter(SecondCachingFormatter(FORMAT))
     handlers.append(destination)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
@@ -122,10 +181,16 @@ def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
     queue_handler.addFilter(RedactingFilter())
     root.addHandler(queue_handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # the log format uses none of these: do not compute them for every record
+    # (logging's documented optimisations; the caller lookup walks frames)
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # type: ignore[attr-defined]
     # hpack traces are very verbose: only with debug_hpack
     for name in ("hpack", "h2"):
         logging.getLogger(name).setLevel(logging.DEBUG if (debug and debug_hpack) else logging.WARNING)
-    _listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=False)
+    _listener = BatchingListener(records, *handlers, respect_handler_level=False)
     _listener.start()
     if forward_twisted:
         _forward_twisted_logs()

@@ -180,8 +180,15 @@ class FakeAPNsProtocol(Protocol):
             # the connection dies with the request half received
             fake._drop_next -= 1
             fake.dropped += 1
-            self.closing = True
-            self.transport.abortConnection()
+            self.crash()
+
+    def crash(self) -> None:
+        """Die with the requests not yet answered.  Answers already counted as
+        delivered are flushed first: were they dropped with the connection, a
+        client that retried them would be blamed for a duplicate the fake made."""
+        self._flush()
+        self.closing = True
+        self.transport.loseConnection()
 
     def answer(self, request: _Request, status: int, apns_id: str, body: Optional[dict]) -> bool:
         """Write the answer of ``request``; False when the stream or connection is gone."""
@@ -315,6 +322,9 @@ class FakeAPNs:
             stream.write(private_key_pem(signing_key))
         self._public_key = load_pem_public_key(public_key_pem(signing_key))
         self._tls = self._server_options(require_certificate)
+        self._require_certificate = require_certificate
+        #: while True, (re)starts present a certificate from another CA
+        self.wrong_certificate = False
         self._listening: Any = None
         self._connections: Set[FakeAPNsProtocol] = set()
         # what was received
@@ -349,7 +359,8 @@ class FakeAPNs:
     def start(self) -> "Deferred[int]":
         """Listen (again, on the same port after the first start)."""
         if self._listening is None:
-            self._listening = self.reactor.listenSSL(self.port, _FakeFactory(self), self._tls,
+            tls = self._impostor_options() if self.wrong_certificate else self._tls
+            self._listening = self.reactor.listenSSL(self.port, _FakeFactory(self), tls,
                                                      interface=self.host)
             self.port = self._listening.getHost().port
         return succeed(self.port)
@@ -358,12 +369,26 @@ class FakeAPNs:
         """Stop listening and drop every connection (what a crash looks like)."""
         waits = [connection.lost for connection in list(self._connections)]
         for connection in list(self._connections):
-            connection.closing = True
-            connection.transport.abortConnection()
+            connection.crash()
         if self._listening is not None:
             waits.append(self._listening.stopListening())
             self._listening = None
         return DeferredList(waits).addCallback(lambda _: None)
+
+    def restart(self) -> "Deferred[int]":
+        """Crash and come back on the same port (what a restarted APNs node looks like)."""
+        return self.stop().addCallback(lambda _: self.start())
+
+    def present_wrong_certificate(self, wrong: bool = True) -> "Deferred[int]":
+        """Restart presenting a certificate from another CA (``wrong``) or the right one."""
+        self.wrong_certificate = wrong
+        return self.restart()
+
+    def _impostor_options(self) -> Any:
+        impostor = CertificateAuthority("Impostor CA").server(("localhost", "127.0.0.1", "::1"))
+        server = ssl.PrivateCertificate.loadPEM(impostor.combined_pem)
+        return ssl.CertificateOptions(privateKey=server.privateKey.original, certificate=server.original,
+                                      acceptableProtocols=[b"h2"], raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
 
     @property
     def authority(self) -> str:
@@ -602,6 +627,10 @@ def _main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--auth", choices=("certificate", "token"), default="certificate",
                         help="authentication fake-apns.ini uses (the server accepts both)")
     parser.add_argument("--app-type", default="sylk")
+    parser.add_argument("--control-port", type=int, default=None,
+                        help="serve GET /stats and POST /fault/<name> on 127.0.0.1 at this port "
+                             "(0: any free port, printed on the second line)")
+    parser.add_argument("--quiet", action="store_true", help="no periodic count lines")
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
@@ -615,6 +644,9 @@ def _main(argv: Optional[List[str]] = None) -> None:
         stream.write(fake.applications_ini(args.app_id, app_type=args.app_type, auth=args.auth))
     # the first line is for scripts that wait for the fake to be up
     print(f"fake APNs listening on {fake.authority}", flush=True)
+    if args.control_port is not None:
+        from sylkpush.testing.control import listen_control
+        print(f"control port {listen_control(reactor, fake, args.control_port)}", flush=True)
     print(f"applications.ini section written to {ini}:", flush=True)
     print(fake.applications_ini(args.app_id, app_type=args.app_type, auth=args.auth), flush=True)
 
@@ -622,8 +654,15 @@ def _main(argv: Optional[List[str]] = None) -> None:
         log.info("requests %d, delivered %d, answers %s", fake.requests_received,
                  len(fake.notifications), dict(fake.answers))
 
+    def final_stats() -> None:
+        # one machine-readable line at exit, for scripts that check deliveries
+        from sylkpush.testing.control import fake_stats
+        print("stats " + json.dumps(fake_stats(fake)), flush=True)
+
     from twisted.internet.task import LoopingCall
-    LoopingCall(report).start(10, now=False)
+    if not args.quiet:
+        LoopingCall(report).start(10, now=False)
+    reactor.addSystemEventTrigger("before", "shutdown", final_stats)
     reactor.run()
 
 

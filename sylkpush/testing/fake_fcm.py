@@ -154,7 +154,10 @@ class _Connections(WrappingFactory):
         waiter: Deferred = Deferred()
         self._empty.append(waiter)
         for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
+            # answers already written (and counted as delivered) still leave:
+            # were they dropped, a client retrying them would be blamed for
+            # the duplicate; requests not yet answered die with the connection
+            protocol.transport.loseConnection()
         return waiter
 
 
@@ -642,11 +645,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--app-id", default="com.example.fake.fcm", help="app_id of the sample section")
     parser.add_argument("--token-lifetime", type=float, default=3600.0, help="access token lifetime, seconds")
     parser.add_argument("--legacy-key", default=None, help="server key accepted by /fcm/send")
+    parser.add_argument("--control-port", type=int, default=None,
+                        help="serve GET /stats and POST /fault/<name> on 127.0.0.1 at this port "
+                             "(0: any free port, printed on the second line)")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
     os.makedirs(args.dir, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     fake = FakeFCM(reactor, os.path.abspath(args.dir), project=args.project, port=args.port,
                    delay=args.delay, token_lifetime=args.token_lifetime, legacy_key=args.legacy_key)
 
@@ -657,6 +664,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(sample, "w", encoding="utf-8") as stream:
             stream.write(section + "\n" + legacy)
         print(f"fake FCM listening on {fake.base_url}", flush=True)
+        if args.control_port is not None:
+            from sylkpush.testing.control import listen_control
+            print(f"control port {listen_control(reactor, fake, args.control_port)}", flush=True)
         print(f"  v1 push URL:      {fake.push_url}", flush=True)
         print(f"  legacy push URL:  {fake.legacy_url}", flush=True)
         print(f"  token endpoint:   {fake.token_uri}", flush=True)
@@ -664,7 +674,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  service account:  {fake.service_account_file}", flush=True)
         print(f"  applications.ini: {sample}", flush=True)
 
+    def final_stats() -> None:
+        # one machine-readable line at exit, for scripts that check deliveries
+        from sylkpush.testing.control import fake_stats
+        print("stats " + json.dumps(fake_stats(fake)), flush=True)
+
     fake.start().addCallback(started)
+    reactor.addSystemEventTrigger("before", "shutdown", final_stats)
     reactor.run()
     return 0
 

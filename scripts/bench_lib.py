@@ -1,0 +1,181 @@
+"""Process plumbing shared by ``scripts/bench`` and ``scripts/soak``.
+
+The fakes and the daemon run as separate processes, driven the way an operator
+would: command lines, a config directory, signals.  The fakes expose their
+counts and faults on a loopback control port (sylkpush.testing.control).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Dict, List, Optional, Tuple
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=HERE)
+DAEMON = "import sys; from sylkpush.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def raise_fd_limit() -> None:
+    """Up to the hard limit: the outage test holds 10 000 connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Fake:
+    """A fake push service process with its control port."""
+
+    def __init__(self, module: str, directory: str, extra: List[str], python: str = sys.executable) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        dir_option = "--dir" if module.endswith("fake_fcm") else "--ca-dir"
+        self.process = subprocess.Popen(
+            [python, "-u", "-m", module, dir_option, directory, "--control-port", "0", "--quiet", *extra],
+            stdout=subprocess.PIPE, stderr=open(os.path.join(directory, "fake.log"), "w"),
+            text=True, env=ENV)
+        first = self.process.stdout.readline()
+        second = self.process.stdout.readline()
+        if "listening on" not in first or "control port" not in second:
+            self.process.kill()
+            raise SystemExit(f"{module} did not start: {first!r} {second!r}")
+        self.port = int(first.rsplit(":", 1)[1])
+        self.control = int(second.split()[-1])
+
+    def fault(self, name: str, count: int = 1) -> None:
+        url = f"http://127.0.0.1:{self.control}/fault/{name}?count={count}"
+        urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=10).read()
+
+    def stats(self) -> Dict:
+        return json.load(urllib.request.urlopen(f"http://127.0.0.1:{self.control}/stats", timeout=10))
+
+    def delivered(self, prefix: str) -> Dict[str, int]:
+        """call-id -> deliveries, for the call-ids that start with ``prefix``."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.control}/delivered", timeout=30).read()
+        counts: Dict[str, int] = {}
+        for line in text.decode().splitlines():
+            if line.startswith(prefix):
+                counts[line] = counts.get(line, 0) + 1
+        return counts
+
+    def stop(self) -> str:
+        """SIGTERM; the fake's last ``stats`` line."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, _ = self.process.communicate(timeout=30)
+        return next((line for line in out.splitlines() if line.startswith("stats ")), "")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def apple_sections(fake: Fake, count: int, prefix: str = "com.example.bench") -> str:
+    """``count`` Apple applications (certificate auth) pointed at ``fake``."""
+    sections = []
+    for i in range(count):
+        sections.append(
+            f"[bench-apple-{i}]\napp_id = {prefix}{i}\napp_type = sylk\napp_platform = apple\n"
+            f"apple_push_url = 127.0.0.1:{fake.port}\ntls_ca_file = {fake.directory}/ca.crt\n"
+            f"apple_certificate = {fake.directory}/client.crt\napple_key = {fake.directory}/client.key\n")
+    return "\n".join(sections)
+
+
+def firebase_sections(fake: Fake, count: int, prefix: str = "com.example.bench") -> str:
+    """``count`` Firebase (FCM v1) applications cloned from the sample the fake FCM writes."""
+    import configparser
+    sample = configparser.ConfigParser()
+    sample.read(os.path.join(fake.directory, "fake-fcm-applications.ini"))
+    values = sample[sample.sections()[0]]
+    sections = []
+    for i in range(count):
+        sections.append(
+            f"[bench-firebase-{i}]\napp_id = {prefix}{i}\napp_type = sylk\napp_platform = firebase\n"
+            f"firebase_push_url = {values['firebase_push_url']}\n"
+            f"firebase_authorization_file = {values['firebase_authorization_file']}\n"
+            f"tls_ca_file = {values['tls_ca_file']}\n")
+    return "\n".join(sections)
+
+
+def write_config(directory: str, port: int, applications: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "general.ini"), "w") as stream:
+        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = true\n")
+    with open(os.path.join(directory, "applications.ini"), "w") as stream:
+        stream.write(applications)
+    return directory
+
+
+class Daemon:
+    """sylk-pushserver in the foreground, its log in ``config_dir``/daemon.log."""
+
+    def __init__(self, config_dir: str, port: int, python: str = sys.executable,
+                 profile: Optional[str] = None) -> None:
+        self.port = port
+        command = [python, "-c", DAEMON, "--config_dir", config_dir, "--no-fork"]
+        self.log_path = os.path.join(config_dir, "daemon.log")
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"),
+                                        env=ENV, preexec_fn=raise_fd_limit)
+        self.profiler: Optional[subprocess.Popen] = None
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the daemon exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise SystemExit("the daemon did not listen within 20 s")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def memory(self) -> Tuple[float, float]:
+        """(current RSS, peak RSS) in MB."""
+        values = {}
+        with open(f"/proc/{self.pid}/status") as stream:
+            for line in stream:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    values[line.split(":")[0]] = int(line.split()[1]) / 1024.0
+        return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as stream:
+        fields = stream.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_request(body: Dict) -> bytes:
+    data = json.dumps(body).encode()
+    return (b"POST /push HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+
+
+def wakeup(app: str, platform: str, call_id: str, n: int) -> Dict:
+    return {"app-id": app, "platform": platform, "token": f"{n:064x}", "device-id": "dev",
+            "call-id": call_id, "from": "alice@example.com", "to": "bob@example.com",
+            "media-type": "audio", "event": "incoming_session", "silent": True}

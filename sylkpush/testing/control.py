@@ -1,0 +1,103 @@
+"""A small HTTP control port for the fakes run as separate processes.
+
+The benchmark and the soak drive faults and read counts through it, since
+they cannot call the fake's methods across a process boundary::
+
+    GET  /stats                  counts as JSON (see :func:`fake_stats`)
+    GET  /delivered              the call-id of every delivery, one a line
+    POST /fault/<name>?count=N   call the fake's fault method (see FAULTS)
+
+Loopback only: the fakes are test tools.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Callable, Dict, List
+
+from twisted.web import resource, server
+
+#: fault name -> what it does to a fake, given the request's ``count``
+FAULTS: Dict[str, Callable[[Any, int], Any]] = {
+    # FakeAPNs and FakeFCM: fail, slow, restart, stop, start; the others FakeAPNs only
+    "drop": lambda fake, count: fake.drop_next(count),
+    "fail": lambda fake, count: fake.fail_next(count, 500),
+    "fail503": lambda fake, count: fake.fail_next(count, 503),
+    "reset": lambda fake, count: fake.reset_next(count),
+    "goaway": lambda fake, count: fake.goaway_now("bench"),
+    "goaway_after": lambda fake, count: fake.goaway_after(count),
+    "slow": lambda fake, count: setattr(fake, "delay", count / 1000.0),
+    "restart": lambda fake, count: fake.restart(),
+    "stop": lambda fake, count: fake.stop(),
+    "start": lambda fake, count: fake.start() if getattr(fake, "_listening", None) is None else None,
+    "wrong_ca": lambda fake, count: fake.present_wrong_certificate(bool(count)),
+}
+
+
+def delivered_payloads(fake: Any) -> List[Any]:
+    """What the fake accepted: APNs payloads, or FCM v1 messages and legacy bodies."""
+    if hasattr(fake, "notifications"):
+        return [delivery.payload for delivery in fake.notifications]
+    return list(fake.messages) + list(fake.legacy_messages)
+
+
+def fake_stats(fake: Any) -> Dict[str, Any]:
+    """What a run checks at the fake: requests, deliveries, and call-ids
+    delivered more than once."""
+    calls = Counter(call_id_of(payload) for payload in delivered_payloads(fake))
+    stats = {
+        "requests": getattr(fake, "requests_received", getattr(fake, "push_requests", 0)),
+        "delivered": sum(calls.values()),
+        "distinct": len(calls),
+        "duplicated": sum(count - 1 for count in calls.values() if count > 1),
+    }
+    if hasattr(fake, "answers"):
+        stats["answers"] = {str(code): count for code, count in sorted(fake.answers.items())}
+        stats["connections"] = fake.connections_made
+    return stats
+
+
+def call_id_of(payload: Any) -> str:
+    """The call-id a rendered sylk payload carries (Apple: top level, FCM: message.data)."""
+    if not isinstance(payload, dict):
+        return ""
+    for candidate in (payload, payload.get("data"), (payload.get("message") or {}).get("data")):
+        if isinstance(candidate, dict):
+            value = candidate.get("call-id") or candidate.get("message_id") or candidate.get("file-id")
+            if value:
+                return str(value)
+    return ""
+
+
+class ControlResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, fake: Any) -> None:
+        super().__init__()
+        self.fake = fake
+
+    def render_GET(self, request: server.Request) -> bytes:
+        if request.postpath and request.postpath[0] == b"delivered":
+            request.setHeader(b"content-type", b"text/plain")
+            return "".join(call_id_of(payload) + "\n" for payload in delivered_payloads(self.fake)).encode()
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(fake_stats(self.fake)).encode()
+
+    def render_POST(self, request: server.Request) -> bytes:
+        parts = [part.decode() for part in request.postpath if part]
+        fault = FAULTS.get(parts[1]) if len(parts) == 2 and parts[0] == "fault" else None
+        if fault is None:
+            request.setResponseCode(404)
+            return b'{"error": "unknown fault"}'
+        count = int(request.args.get(b"count", [b"1"])[0])
+        fault(self.fake, count)
+        return b'{"ok": true}'
+
+
+def listen_control(reactor: Any, fake: Any, port: int) -> int:
+    """Serve the control port on 127.0.0.1; the port number."""
+    site = server.Site(ControlResource(fake))
+    site.noisy = False
+    site.log = lambda request: None
+    return reactor.listenTCP(port, site, interface="127.0.0.1").getHost().port
