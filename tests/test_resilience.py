@@ -317,3 +317,20 @@ class FirebaseResilienceTests(LoadMixin, unittest.TestCase):
         answers = yield self.load(fault, count=180)
         self.check(answers, count=180)
         yield self.drained()
+
+    @defer.inlineCallbacks
+    def test_fake_restarted(self):
+        answers = yield self.load(self.fake.restart)
+        self.check(answers)
+        yield self.drained()
+
+    @defer.inlineCallbacks
+    def test_down_for_a_while(self):
+        @defer.inlineCallbacks
+        def fault():
+            yield self.fake.stop()
+            yield sleep(0.3)
+            yield self.fake.start()
+        answers = yield self.load(fault)
+        self.check(answers)
+        yield self.drained()

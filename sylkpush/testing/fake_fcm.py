@@ -137,9 +137,13 @@ class _Connections(WrappingFactory):
     noisy = False
     protocol = _NoDelay
 
-    def __init__(self, wrapped) -> None:
+    #: seconds a connection gets to close cleanly before it is cut
+    CLOSE_GRACE = 1.0
+
+    def __init__(self, wrapped, reactor: Any) -> None:
         super().__init__(wrapped)
         self._empty: List[Deferred] = []
+        self._reactor = reactor
 
     def unregisterProtocol(self, p) -> None:  # noqa: N802 (Twisted's name)
         super().unregisterProtocol(p)
@@ -158,7 +162,15 @@ class _Connections(WrappingFactory):
             # were they dropped, a client retrying them would be blamed for
             # the duplicate; requests not yet answered die with the connection
             protocol.transport.loseConnection()
+        # an idle keep-alive connection of a client may not finish the TLS
+        # close for a long time: past the grace period it is cut
+        cut = self._reactor.callLater(self.CLOSE_GRACE, self._abort_all)
+        waiter.addBoth(lambda result: (cut.active() and cut.cancel(), result)[1])
         return waiter
+
+    def _abort_all(self) -> None:
+        for protocol in list(self.protocols):
+            protocol.transport.abortConnection()
 
 
 class _QuietSite(server.Site):
@@ -248,7 +260,7 @@ class FakeFCM:
     def start(self) -> "Deferred[int]":
         """Listen (on the same port as before after a stop); fires with the port."""
         root = _FakeResource(self)
-        self._factory = _Connections(_QuietSite(root))
+        self._factory = _Connections(_QuietSite(root), self.reactor)
         self._listening = self.reactor.listenSSL(self.port, self._factory, self._tls, interface=self.interface)
         self.port = self._listening.getHost().port
         if not self.service_account_file:
