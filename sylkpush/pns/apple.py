@@ -504,7 +504,8 @@ class AppleClient(PushClient):
         pending.retry_timer = None
 
     def _log_result(self, result: PushResult, pending: _ApplePending) -> PushResult:
-        log.info("%s: APNs result %d %s", pending.push.request_id, result.code, result.reason)
+        # the dispatcher logs every result at INFO; this line only adds up with debug
+        log.debug("%s: APNs result %d %s", pending.push.request_id, result.code, result.reason)
         self._check_stopped()
         return result
 

@@ -542,5 +542,6 @@ class FirebaseClient(PushClient):
                 d.callback(None)
 
     def _log_result(self, result: PushResult, request_id: str) -> PushResult:
-        log.info("%s: %d %s", request_id, result.code, result.reason)
+        # the dispatcher logs every result at INFO; this line only adds up with debug
+        log.debug("%s: FCM result %d %s", request_id, result.code, result.reason)
         return result
