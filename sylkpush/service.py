@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: seconds a shutdown waits for pushes in flight before answering them 503
 DRAIN_TIMEOUT = 10.0
+#: pending connections the kernel holds for us: SIP proxies open many at once
+#: when a burst of calls arrives (Twisted's default is 50)
+LISTEN_BACKLOG = 1024
 #: seconds the clients get after that to close their connections
 STOP_GRACE = 2.0
 
@@ -205,9 +208,10 @@ class PushServer(service.Service):
         host, port = self.settings.host, self.settings.port
         if self._certificate is not None:
             listening = self.reactor.listenSSL(port, self.connections, self._certificate.options(),
-                                               interface=host)
+                                               backlog=LISTEN_BACKLOG, interface=host)
         else:
-            listening = self.reactor.listenTCP(port, self.connections, interface=host)
+            listening = self.reactor.listenTCP(port, self.connections, backlog=LISTEN_BACKLOG,
+                                               interface=host)
         address = listening.getHost()
         scheme = "https" if self._certificate is not None else "http"
         log.info("listening on %s://%s:%s", scheme, address.host, address.port)
