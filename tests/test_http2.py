@@ -10,6 +10,7 @@ from h2.errors import ErrorCodes
 from h2.events import DataReceived, PingReceived, RequestReceived, StreamEnded
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import GoAwayFrame
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -58,7 +59,7 @@ class H2ClientProtocolTests(TestCase):
         self.clock = Clock()
         self.listener = Listener()
         self.protocol = H2ClientProtocol(self.listener, self.clock, ping_interval=60, ping_timeout=20)
-        self.transport = StringTransport()
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 2197))
         self.protocol.makeConnection(self.transport)
         self.server = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
         self.server.local_settings = Settings(client=False, initial_values={
