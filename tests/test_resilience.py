@@ -117,7 +117,54 @@ class LoadMixin:
 
 
 
-class AppleResilienceTests(LoadMixin, unittest.TestCase):
+class CommonFaultTests(LoadMixin):
+    """Faults both fakes can inject; each platform's class adds its own."""
+
+    @defer.inlineCallbacks
+    def test_no_fault_baseline(self):
+        answers = yield self.load()
+        self.check(answers)
+        yield self.drained()
+
+    @defer.inlineCallbacks
+    def test_5xx_bursts(self):
+        def fault():
+            self.fake.fail_next(30, 500)
+            self.fake.fail_next(30, 503)
+        answers = yield self.load(fault)
+        self.check(answers)
+        yield self.drained()
+
+    @defer.inlineCallbacks
+    def test_slow_answers(self):
+        def fault():
+            self.fake.delay = 0.15
+        answers = yield self.load(fault, count=180)
+        self.check(answers, count=180)
+        yield self.drained()
+
+    @defer.inlineCallbacks
+    def test_fake_restarted(self):
+        def fault():
+            self.fake.delay = 0.02
+            return self.fake.restart()
+        answers = yield self.load(fault)
+        self.check(answers)
+        yield self.drained()
+
+    @defer.inlineCallbacks
+    def test_down_for_a_while(self):
+        @defer.inlineCallbacks
+        def fault():
+            yield self.fake.stop()
+            yield sleep(0.3)
+            yield self.fake.start()
+        answers = yield self.load(fault)
+        self.check(answers)
+        yield self.drained()
+
+
+class AppleResilienceTests(CommonFaultTests, unittest.TestCase):
     """Faults at the fake APNs while /push is under concurrent load."""
 
     @defer.inlineCallbacks
@@ -142,12 +189,6 @@ class AppleResilienceTests(LoadMixin, unittest.TestCase):
 
 
     @defer.inlineCallbacks
-    def test_no_fault_baseline(self):
-        answers = yield self.load()
-        self.check(answers)
-        yield self.drained()
-
-    @defer.inlineCallbacks
     def test_connection_dropped_mid_stream(self):
         def fault():
             self.fake.drop_next(3)
@@ -169,7 +210,7 @@ class AppleResilienceTests(LoadMixin, unittest.TestCase):
         yield self.drained()
 
     @defer.inlineCallbacks
-    def test_5xx_bursts(self):
+    def test_5xx_bursts_are_answered_by_the_fake(self):
         def fault():
             self.fake.fail_next(40, 500)
             self.fake.fail_next(40, 503)
@@ -187,34 +228,10 @@ class AppleResilienceTests(LoadMixin, unittest.TestCase):
         yield self.drained()
 
     @defer.inlineCallbacks
-    def test_slow_answers(self):
-        def fault():
-            self.fake.delay = 0.15
-        answers = yield self.load(fault, count=180)
-        self.check(answers, count=180)
-        yield self.drained()
-
-    @defer.inlineCallbacks
-    def test_fake_restarted(self):
-        def fault():
-            self.fake.delay = 0.02
-            return self.fake.restart()
-        answers = yield self.load(fault)
+    def test_restart_opens_a_new_connection(self):
+        answers = yield self.load(self.fake.restart)
         self.check(answers)
-        if self.platform == "apple":
-            self.assertGreaterEqual(self.fake.connections_made, 2)
-        yield self.drained()
-
-    @defer.inlineCallbacks
-    def test_down_for_a_while(self):
-        @defer.inlineCallbacks
-        def fault():
-            yield self.fake.stop()
-            yield sleep(0.3)
-            yield self.fake.start()
-        answers = yield self.load(fault)
-        self.check(answers)
-        yield self.drained()
+        self.assertGreaterEqual(self.fake.connections_made, 2)
 
     @defer.inlineCallbacks
     def test_certificate_from_another_ca_for_a_while(self):
@@ -267,7 +284,7 @@ class ProtocolErrorTests(unittest.TestCase):
         self.assertEqual((status["queued"], status["in_flight"], status["retrying"]), (0, 0, 0), status)
 
 
-class FirebaseResilienceTests(LoadMixin, unittest.TestCase):
+class FirebaseResilienceTests(CommonFaultTests, unittest.TestCase):
     """The same load and checks through the real Firebase client and the fake FCM."""
 
     platform = "firebase"
@@ -294,43 +311,3 @@ class FirebaseResilienceTests(LoadMixin, unittest.TestCase):
 
     def delivered(self) -> Counter:
         return Counter(call_id_of(message) for message in self.fake.messages)
-
-    @defer.inlineCallbacks
-    def test_no_fault_baseline(self):
-        answers = yield self.load()
-        self.check(answers)
-        yield self.drained()
-
-    @defer.inlineCallbacks
-    def test_5xx_bursts(self):
-        def fault():
-            self.fake.fail_next(30, 500)
-            self.fake.fail_next(30, 503)
-        answers = yield self.load(fault)
-        self.check(answers)
-        yield self.drained()
-
-    @defer.inlineCallbacks
-    def test_slow_answers(self):
-        def fault():
-            self.fake.delay = 0.15
-        answers = yield self.load(fault, count=180)
-        self.check(answers, count=180)
-        yield self.drained()
-
-    @defer.inlineCallbacks
-    def test_fake_restarted(self):
-        answers = yield self.load(self.fake.restart)
-        self.check(answers)
-        yield self.drained()
-
-    @defer.inlineCallbacks
-    def test_down_for_a_while(self):
-        @defer.inlineCallbacks
-        def fault():
-            yield self.fake.stop()
-            yield sleep(0.3)
-            yield self.fake.start()
-        answers = yield self.load(fault)
-        self.check(answers)
-        yield self.drained()
