@@ -392,6 +392,11 @@ class FakeFCM:
     def _receive(self, request, answer: Callable[[Optional[Tuple[int, Optional[int]]], bytes, str], None]) -> None:
         """Count a push request and call ``answer(burst, body, authorization)``
         after the delay scripted for its token (``burst``: a scripted 5xx)."""
+        if self._factory is None:
+            # stopping: a request that still arrives on a closing connection
+            # is not processed (nor counted), as at a server shutting down
+            request.transport.abortConnection()
+            return
         self._arrived()
         burst = self._burst.popleft() if self._burst else None
         body = request.content.read()
