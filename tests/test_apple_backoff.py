@@ -71,3 +71,24 @@ class BackoffTests(TestCase):
         self.assertIsNone(self.successResultOf(stopped))
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.assertEqual(self.successResultOf(self.client.send(make_push(self.clock))).code, 503)
+
+    def test_backoff_never_outlasts_a_waiting_call(self):
+        # the schedule has grown to 32 s, then 60 s gaps
+        for _ in range(6400):
+            self.clock.advance(0.01)
+        before = len(self.client.attempts)
+        sent_at = self.clock.seconds()
+        self.client.send(make_push(self.clock, deadline_in=20))
+        for _ in range(1800):  # 18 s
+            self.clock.advance(0.01)
+        tries = [t for t in self.client.attempts[before:] if sent_at < t <= sent_at + 18.01]
+        self.assertTrue(tries, (sent_at, self.client.attempts))
+
+    def test_attempts_keep_coming_until_the_deadline(self):
+        answered = self.client.send(make_push(self.clock, deadline_in=64))
+        for _ in range(6500):
+            self.clock.advance(0.01)
+        times = self.client.attempts
+        # 1, 3, 7, 15, 31 s as usual (less jitter), then no gap of 32 s past the deadline
+        self.assertTrue(any(60 <= t < 64 for t in times), times)
+        self.assertEqual(self.successResultOf(answered).code, 503)

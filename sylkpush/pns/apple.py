@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 #: payload limits in bytes (Apple: 4 KiB, 5 KiB for VoIP notifications)
 PAYLOAD_LIMIT = 4096
 VOIP_PAYLOAD_LIMIT = 5120
+#: seconds before a waiting push's deadline when a connection attempt is made
+#: whatever the backoff says (time to connect, handshake and be answered)
+LAST_CHANCE = 2.0
 
 #: reason -> (usual status code, description)
 APNS_REASONS: Dict[str, tuple] = {
@@ -251,6 +254,8 @@ class AppleClient(PushClient):
         pending = _ApplePending(push, self.reactor, url, self, path, body, headers)
         pending.deferred.addCallback(self._log_result, pending)
         if self.queue.put(pending):
+            if self._protocol is None:
+                self._reconnect_sooner_for(push)
             self._pump()
         return pending.deferred
 
@@ -383,11 +388,30 @@ class AppleClient(PushClient):
             return
         if self._reconnect_timer is not None and self._reconnect_timer.active():
             return
-        delay = backoff_delay(self._attempt, self.reconnect_initial, self.reconnect_max)
+        delay = self._before_deadlines(backoff_delay(self._attempt, self.reconnect_initial,
+                                                     self.reconnect_max))
         self._attempt += 1
         self.reconnects += 1
         log.info("APNs client for %s reconnects to %s in %.2f s", self.app.app_id, self.authority, delay)
         self._reconnect_timer = self.reactor.callLater(delay, self._connect)
+
+    def _before_deadlines(self, delay: float, deadline: Optional[float] = None) -> float:
+        """``delay``, shortened so the pushes waiting get one more connection
+        attempt before their deadline: a 60 s backoff must not outlast a
+        call's 64 s budget while APNs may be back already."""
+        earliest = self.queue.earliest_deadline() if deadline is None else deadline
+        if earliest is None:
+            return delay
+        return min(delay, max(self.reconnect_initial, earliest - self.reactor.seconds() - LAST_CHANCE))
+
+    def _reconnect_sooner_for(self, push: OutgoingPush) -> None:
+        """A new push whose deadline comes before the next attempt brings it forward."""
+        timer = self._reconnect_timer
+        if timer is None or not timer.active():
+            return
+        wanted = self._before_deadlines(timer.getTime() - self.reactor.seconds(), push.deadline)
+        if wanted < timer.getTime() - self.reactor.seconds():
+            timer.reset(wanted)
 
     # -- sending and answers ---------------------------------------------------
 

@@ -111,6 +111,11 @@ class PendingQueue:
                 return pending
         return None
 
+    def earliest_deadline(self) -> Optional[float]:
+        """The nearest deadline of the pushes waiting, or None when none waits."""
+        deadlines = [pending.push.deadline for pending in self._items if pending.queued]
+        return min(deadlines) if deadlines else None
+
     def fail_all(self, reason: str) -> None:
         """Answer every waiting push 503 (used when a client is stopped)."""
         while True:
