@@ -63,6 +63,24 @@ def load_tls_certificate(path: str) -> ssl.PrivateCertificate:
         raise ConfigFileError(f"tls_certificate {path} must hold a PEM certificate and its key: {exc}") from None
 
 
+def hand_over_waiting(retired: List[Any], registry: AppRegistry) -> None:
+    """Pushes still queued at a client that a reload replaces go to its
+    successor (same app id and platform) instead of being answered 503:
+    a reload that fixes credentials during an outage must not fail them."""
+    for client in retired:
+        app = registry.get(*client.app.key)
+        if app is None or app.client is None:
+            continue
+        waiting = client.take_waiting()
+        for pending in waiting:
+            moved = app.client.send(pending.push)
+            moved.addCallback(pending.answer)
+            moved.addErrback(lambda failure, p=pending: p.fail(
+                f"internal error handing the push over: {failure.getErrorMessage()}"))
+        if waiting:
+            log.info("%d waiting pushes of [%s] handed to its new settings", len(waiting), client.app.section)
+
+
 class PushServer(service.Service):
     """Owns the application registry, the dispatcher and the listening port."""
 
@@ -190,6 +208,7 @@ class PushServer(service.Service):
         # one assignment: a request sees either the old or the new registry, whole
         self.registry = rebuild.registry
         self.reloads += 1
+        hand_over_waiting(rebuild.retired, rebuild.registry)
         for client in rebuild.retired:
             # stop() finishes the pushes already handed to the client, then closes
             stopping = defer.maybeDeferred(client.stop)

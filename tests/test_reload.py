@@ -214,3 +214,35 @@ class ReloadTests(unittest.TestCase):
             print(f"\nreload stream: 200 requests, {len(set(tokens))} answered, {len(sent) - len(set(sent))} "
                   f"duplicates, {200 - len(set(sent))} lost, {len(apple_clients)} clients, "
                   f"{sum(c.in_flight_at_stop for c in apple_clients)} in flight at retirement")
+
+
+class HandOverTests(unittest.TestCase):
+    """A reload that fixes an application during an outage hands its waiting pushes over."""
+
+    @defer.inlineCallbacks
+    def test_waiting_pushes_go_to_the_new_settings(self):
+        import socket
+
+        from sylkpush.testing.fake_apns import FakeAPNs
+
+        fake = FakeAPNs(reactor, directory=os.path.abspath(self.mktemp()))
+        yield fake.start()
+        self.addCleanup(fake.stop)
+        right = fake.applications_ini("com.example.sylk", "sylk")
+        with socket.socket() as probe:  # a loopback port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            dead = probe.getsockname()[1]
+        wrong = right.replace(fake.authority, f"127.0.0.1:{dead}")
+        server, url, directory = start_ops_server(self, wrong, find_client=None)
+        token = "0a1b2c3d" * 8
+        answers = [post(url + "/push", wakeup(token=token, call_id=f"wait-{n}@example.com")) for n in range(5)]
+        [old] = [app.client for app in server.registry]
+        yield until(lambda: old.status()["queued"] == 5)
+        write_applications(directory, right)
+        applied = yield server.reload()
+        self.assertTrue(applied)
+        results = yield defer.gatherResults(answers)
+        self.assertEqual([code for code, _, _ in results], [200] * 5)
+        self.assertEqual(sorted(d.payload["call-id"] for d in fake.notifications),
+                         [f"wait-{n}@example.com" for n in range(5)])
+        self.assertEqual(old.status()["queued"], 0)

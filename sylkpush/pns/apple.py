@@ -259,6 +259,10 @@ class AppleClient(PushClient):
             self._pump()
         return pending.deferred
 
+    def take_waiting(self) -> List[PendingPush]:
+        """The pushes still queued here, handed to the client that replaces this one."""
+        return self.queue.take_all()
+
     def stop(self) -> "Deferred[None]":
         """Take no new pushes, let in-flight ones finish, then close the connection."""
         if self._stopped is not None:

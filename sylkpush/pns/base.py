@@ -9,7 +9,7 @@ for push-service failures, those are results too (503, 410, ...).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -64,6 +64,12 @@ class PushClient:
     def send(self, push: OutgoingPush) -> "Deferred[PushResult]":
         """Deliver ``push``; the Deferred fires once with a PushResult."""
         raise NotImplementedError
+
+    def take_waiting(self) -> List[Any]:
+        """Remove the pushes still waiting in this client's queue (none sent
+        yet) and return them as PendingPush objects, for a reload that
+        replaces this client to hand them to its successor."""
+        return []
 
     def stop(self) -> "Deferred[None]":
         """Stop taking work, finish what is in flight, close connections."""

@@ -312,6 +312,10 @@ class FirebaseClient(PushClient):
             log.warning("%s: queue full, answered 503", push.request_id)
         return pending.deferred
 
+    def take_waiting(self) -> List[PendingPush]:
+        """The pushes still queued here, handed to the client that replaces this one."""
+        return self.queue.take_all()
+
     def stop(self) -> "Deferred[None]":
         """Answer queued and backing-off pushes 503, let in-flight ones finish, close connections."""
         self._stopping = True

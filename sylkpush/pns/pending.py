@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Callable, Deque, Optional
+from typing import Callable, Deque, List, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -110,6 +110,15 @@ class PendingQueue:
                 self._waiting -= 1
                 return pending
         return None
+
+    def take_all(self) -> List[PendingPush]:
+        """Remove and return every waiting push, oldest first (not answering them)."""
+        taken = []
+        while True:
+            pending = self.get()
+            if pending is None:
+                return taken
+            taken.append(pending)
 
     def earliest_deadline(self) -> Optional[float]:
         """The nearest deadline of the pushes waiting, or None when none waits."""
