@@ -33,6 +33,19 @@ from sylkpush.applications.base import (
 )
 
 
+def call_fields(notification: Any) -> Dict[str, Any]:
+    """What your app needs to show an incoming call; both platforms send it."""
+    return {
+        "event": notification.event,
+        "call-id": notification.call_id,
+        "session-id": session_id(notification.call_id),
+        "media-type": notification.media_type,
+        "from_uri": notification.sip_from,
+        "from_display_name": notification.from_display_name or notification.sip_from,
+        "to_uri": notification.sip_to,
+    }
+
+
 class AppleMyappHeaders(AppleHeaders):
     """APNs headers.
 
@@ -68,15 +81,7 @@ class AppleMyappPayload(ApplePayload):
     def payload(self) -> Dict[str, Any]:
         notification = self.notification
         if notification.is_voip:
-            return {
-                "event": notification.event,
-                "call-id": notification.call_id,
-                "session-id": session_id(notification.call_id),
-                "media-type": notification.media_type,
-                "from_uri": notification.sip_from,
-                "from_display_name": notification.from_display_name or notification.sip_from,
-                "to_uri": notification.sip_to,
-            }
+            return call_fields(notification)
         return {
             "aps": {
                 "alert": {"title": notification.from_display_name or notification.sip_from,
@@ -107,16 +112,7 @@ class FirebaseMyappPayload(FirebasePayload):
 
     def data(self) -> Dict[str, Any]:
         """FCM refuses the keys ``from``, ``message_type`` and ``google.*``/``gcm.*``."""
-        notification = self.notification
-        return {
-            "event": notification.event,
-            "call-id": notification.call_id,
-            "session-id": session_id(notification.call_id),
-            "media-type": notification.media_type,
-            "from_uri": notification.sip_from,
-            "from_display_name": notification.from_display_name or notification.sip_from,
-            "to_uri": notification.sip_to,
-        }
+        return call_fields(self.notification)
 
 
 class MypnsMyappHeaders(Renderer):

@@ -39,11 +39,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from sylkpush.testing.certs import CertificateAuthority
+from sylkpush.web import ConnectionTracker
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,9 @@ class _NoDelay(ProtocolWrapper):
         super().makeConnection(transport)
 
 
-class _Connections(WrappingFactory):
-    """Keeps the open connections so stop() can drop them and wait until they are gone."""
+class _Connections(ConnectionTracker):
+    """The daemon's connection tracker, with TCP_NODELAY and a cut-off, so
+    stop() can drop every connection and wait until they are gone."""
 
     noisy = False
     protocol = _NoDelay
@@ -142,31 +144,20 @@ class _Connections(WrappingFactory):
 
     def __init__(self, wrapped, reactor: Any) -> None:
         super().__init__(wrapped)
-        self._empty: List[Deferred] = []
         self._reactor = reactor
 
-    def unregisterProtocol(self, p) -> None:  # noqa: N802 (Twisted's name)
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._empty = self._empty, []
-            for waiter in waiters:
-                waiter.callback(None)
-
     def drop_all(self) -> Deferred:
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred = Deferred()
-        self._empty.append(waiter)
-        for protocol in list(self.protocols):
-            # answers already written (and counted as delivered) still leave:
-            # were they dropped, a client retrying them would be blamed for
-            # the duplicate; requests not yet answered die with the connection
-            protocol.transport.loseConnection()
+        # answers already written (and counted as delivered) still leave:
+        # were they dropped, a client retrying them would be blamed for the
+        # duplicate; requests not yet answered die with the connection
+        closed = self.close_all()
+        if closed.called:
+            return closed
         # an idle keep-alive connection of a client may not finish the TLS
         # close for a long time: past the grace period it is cut
         cut = self._reactor.callLater(self.CLOSE_GRACE, self._abort_all)
-        waiter.addBoth(lambda result: (cut.active() and cut.cancel(), result)[1])
-        return waiter
+        closed.addBoth(lambda result: (cut.active() and cut.cancel(), result)[1])
+        return closed
 
     def _abort_all(self) -> None:
         for protocol in list(self.protocols):
