@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from sylkpush.notification import PLATFORM_ALIASES
 
 DEFAULT_CONFIG_DIRS = ("/etc/sylk-pushserver", "./config")
+#: every interface, as the original sylk-pushserver (see sylkpush.exposure)
+DEFAULT_HOST = "0.0.0.0"
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 
@@ -72,7 +74,7 @@ class Settings:
     """general.ini, with every default of SPEC §3."""
 
     config_dir: str
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = 8400
     tls_certificate: str = ""
     return_async: bool = True
@@ -131,7 +133,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
     contact_points = tuple(p.strip() for p in get("Cassandra", "cluster_contact_points", "").split(",") if p.strip())
     return Settings(
         config_dir=config_dir,
-        host=host or get("server", "host", "127.0.0.1"),
+        host=host or get("server", "host", DEFAULT_HOST) or DEFAULT_HOST,
         port=port if port is not None else file_port,
         tls_certificate=get("server", "tls_certificate", ""),
         return_async=_bool(get("server", "return_async", "true"), "return_async"),

@@ -15,6 +15,7 @@ from twisted.web.server import Site
 
 from sylkpush.config import ConfigFileError, Settings, load_applications
 from sylkpush.dispatch import Dispatcher
+from sylkpush.exposure import open_access_warning
 from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
 from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, default_client_class, log_problems,
@@ -234,6 +235,9 @@ class PushServer(service.Service):
         address = listening.getHost()
         scheme = "https" if self._certificate is not None else "http"
         log.info("listening on %s://%s:%s", scheme, address.host, address.port)
+        warning = open_access_warning(self.settings, host, address.port)
+        if warning:
+            log.warning("%s", warning)
         return listening
 
     @defer.inlineCallbacks
