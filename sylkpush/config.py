@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
+from sylkpush.config_keys import application_warnings, general_warnings
 from sylkpush.notification import PLATFORM_ALIASES
 
 DEFAULT_CONFIG_DIRS = ("/etc/sylk-pushserver", "./config")
 #: every interface, as the original sylk-pushserver (see sylkpush.exposure)
 DEFAULT_HOST = "0.0.0.0"
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+log = logging.getLogger(__name__)
 
 
 class ConfigFileError(Exception):
@@ -89,6 +92,8 @@ class Settings:
     extra_applications_dir: str = "applications/"
     extra_pns_dir: str = "pns/"
     cassandra: CassandraSettings = field(default_factory=CassandraSettings)
+    #: keys and sections of general.ini not understood, to log at start
+    config_warnings: Tuple[str, ...] = ()
 
     def path(self, name: str) -> str:
         """A path from the config files: relative ones start at config_dir."""
@@ -153,6 +158,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
             table=get("Cassandra", "table", ""),
             debug=_bool(get("Cassandra", "debug", "false"), "Cassandra debug"),
         ),
+        config_warnings=tuple(general_warnings(general, parser)),
     )
 
 
@@ -283,6 +289,8 @@ def load_applications(settings: Settings) -> Tuple[List[AppConfig], List[Tuple[s
     problems: List[Tuple[str, str]] = []
     seen: Dict[Tuple[str, str], str] = {}
     for section in parser.sections():
+        for warning in application_warnings(path, section, dict(parser.items(section))):
+            log.warning("%s", warning)
         try:
             app = _app_from_section(settings, section, dict(parser.items(section)))
         except ConfigFileError as exc:

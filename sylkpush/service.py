@@ -131,6 +131,8 @@ class PushServer(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        for warning in self.settings.config_warnings:
+            log.warning("%s", warning)
         self.registry = self.load_registry()
         if not len(self.registry):
             log.warning("no application is configured: every push will be answered 404")
