@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from sylkpush.config_keys import application_warnings, general_warnings
+from sylkpush.expiry import pem_file_not_after
 from sylkpush.notification import PLATFORM_ALIASES
 
 DEFAULT_CONFIG_DIRS = ("/etc/sylk-pushserver", "./config")
@@ -172,6 +173,9 @@ class AppConfig:
     platform: str
     # Apple
     apple_certificate: str = ""
+    #: notAfter of apple_certificate (seconds since the epoch), read with the
+    #: configuration; a renewed certificate thus makes the section "changed"
+    apple_certificate_not_after: Optional[float] = None
     apple_key: str = ""
     key_id: str = ""
     team_id: str = ""
@@ -252,9 +256,11 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         remote_timeout = float(values.get("log_remote_timeout", "") or 2)
     except ValueError:
         raise ConfigFileError("log_remote_timeout must be a number of seconds") from None
+    apple_certificate = credential("apple_certificate")
     return AppConfig(
         section=section, app_id=app_id, app_type=app_type, platform=platform,
-        apple_certificate=credential("apple_certificate"),
+        apple_certificate=apple_certificate,
+        apple_certificate_not_after=pem_file_not_after(apple_certificate) if apple_certificate else None,
         apple_key=credential("apple_key"),
         key_id=values.get("key_id", "").strip(),
         team_id=values.get("team_id", "").strip(),
