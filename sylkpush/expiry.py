@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from OpenSSL import crypto
 from prometheus_client.core import GaugeMetricFamily
@@ -36,10 +36,15 @@ WARN_BEFORE = 30 * DAY
 #: how often the certificates are checked (and each expiring one warned about)
 CHECK_INTERVAL = DAY
 
+_Key = Tuple[str, str, str, str, float]
+
 
 def certificate_not_after(certificate: crypto.X509) -> float:
     """notAfter of ``certificate`` in seconds since the epoch."""
-    stamp = certificate.get_notAfter().decode("ascii")  # ASN.1 GeneralizedTime, UTC
+    raw = certificate.get_notAfter()  # ASN.1 GeneralizedTime, UTC
+    if raw is None:
+        raise ValueError("the certificate has no notAfter date")
+    stamp = raw.decode("ascii")
     moment = datetime.datetime.strptime(stamp, "%Y%m%d%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
     return moment.timestamp()
 
@@ -98,17 +103,19 @@ def app_credentials(registry: "AppRegistry") -> List[Credential]:
 
 
 def application_credential(config: "AppConfig") -> Credential:
+    """The APNs certificate of an application that has one."""
     assert config.apple_certificate_not_after is not None
     return Credential("apple_certificate", config.apple_certificate, config.apple_certificate_not_after,
                       config.section, config.app_id, config.platform)
 
 
 def _when(remaining: float) -> str:
+    """``in 12 days``, ``within a day``, ``today``, ``3 days ago``."""
+    days = int(abs(remaining) // DAY)
+    plural = f"{days} day{'s' if days != 1 else ''}"
     if remaining < 0:
-        days = int(-remaining // DAY)
-        return "today" if days == 0 else f"{days} day{'s' if days != 1 else ''} ago"
-    days = int(remaining // DAY)
-    return "within a day" if days == 0 else f"in {days} day{'s' if days != 1 else ''}"
+        return "today" if days == 0 else plural + " ago"
+    return "within a day" if days == 0 else "in " + plural
 
 
 class ExpiryWatch:
@@ -125,12 +132,12 @@ class ExpiryWatch:
         self.warn_before = warn_before
         self.interval = interval
         self._loop: Optional[LoopingCall] = None
-        #: the certificates warned about (one key per file content in use)
-        self._warned: set = set()
+        #: the certificates warned about (a renewed one is a new key)
+        self._warned: Set[_Key] = set()
 
     def start(self) -> None:
         """Check now, then every ``interval``."""
-        self._loop = LoopingCall(self.check)
+        self._loop = LoopingCall(self._daily_check)
         self._loop.clock = self.reactor
         self._loop.start(self.interval, now=True)
 
@@ -138,6 +145,12 @@ class ExpiryWatch:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
+
+    def _daily_check(self) -> None:
+        try:
+            self.check()
+        except Exception:  # a LoopingCall whose call raises stops for good
+            log.exception("checking the certificates' expiry failed")
 
     def check(self, only_new: bool = False) -> None:
         """Warn about each certificate within ``warn_before`` of its expiry.
@@ -178,5 +191,5 @@ class ExpiryWatch:
         return [gauge]
 
 
-def _key(credential: Credential) -> Tuple[str, str, str, str, float]:
+def _key(credential: Credential) -> _Key:
     return (credential.kind, credential.section, credential.app_id, credential.platform, credential.not_after)

@@ -187,3 +187,20 @@ class ServerTests(unittest.TestCase):
         body = yield response.json()
         server_certificate = body["server"]["tls_certificate"]
         self.assertEqual((server_certificate["file"], server_certificate["days_left"]), (pem, 2))
+
+
+class BrokenSourceTests(unittest.TestCase):
+
+    def test_a_failing_check_does_not_stop_the_daily_check(self):
+        clock = Clock()
+        calls = []
+
+        def credentials():
+            calls.append(clock.seconds())
+            raise RuntimeError("boom")
+        watch = ExpiryWatch(credentials, clock)
+        self.addCleanup(watch.stop)
+        with self.assertLogs("sylkpush.expiry", logging.ERROR):
+            watch.start()
+            clock.advance(DAY)
+        self.assertEqual(calls, [0, DAY])
