@@ -1,5 +1,6 @@
 # Sylk Pushserver: everything a developer needs, from a fresh machine.
 #   make run    create .venv and start the daemon (with the demo fakes) on ./config
+#               (make run PORT=8400 HOST=127.0.0.1 APNS_PORT=18443 FCM_PORT=18444 ARGS=--debug)
 #   make test   create .venv and run the trial suite
 #   make test-debian   run the suite on Debian 12's packaged libraries (/usr/bin/python3)
 #   make bench  throughput, added latency and memory against the fakes (installs wrk; PROFILE=1: py-spy)
@@ -22,8 +23,16 @@ $(STAMP): requirements.txt setup.py
 	$(VPY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+# make run: the daemon's address, the fakes' ports, more sylk-pushserver options
+PORT ?= 8400
+HOST ?= 127.0.0.1
+APNS_PORT ?= 18443
+FCM_PORT ?= 18444
+ARGS ?=
+
 run: $(STAMP)
-	PYTHONPATH=. $(VPY) scripts/demo-run
+	PYTHONPATH=. $(VPY) scripts/demo-run --apns-port $(APNS_PORT) --fcm-port $(FCM_PORT) \
+	  --ip $(HOST) --port $(PORT) $(ARGS)
 
 test: $(STAMP)
 	PYTHONPATH=. $(VPY) -m twisted.trial $(TESTS)

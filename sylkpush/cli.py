@@ -23,7 +23,7 @@ def argument_parser() -> argparse.ArgumentParser:
         description="Sylk Pushserver: relays wake-up requests to Apple and Firebase push services.")
     parser.add_argument("--config_dir", metavar="DIR",
                         help="configuration directory (default: /etc/sylk-pushserver, else ./config)")
-    parser.add_argument("--ip", metavar="ADDRESS", help="listen address (overrides general.ini)")
+    parser.add_argument("--ip", metavar="ADDRESS", help="listen address (overrides general.ini; default 0.0.0.0)")
     parser.add_argument("--port", type=int, metavar="PORT", help="listen port (overrides general.ini)")
     parser.add_argument("--no-fork", dest="no_fork", action="store_true",
                         help="stay in the foreground and log to the console")

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
+from sylkpush.config_keys import application_warnings, general_warnings
+from sylkpush.expiry import pem_file_not_after
 from sylkpush.notification import PLATFORM_ALIASES
 
 DEFAULT_CONFIG_DIRS = ("/etc/sylk-pushserver", "./config")
+#: every interface, as the original sylk-pushserver (see sylkpush.exposure)
+DEFAULT_HOST = "0.0.0.0"
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+log = logging.getLogger(__name__)
 
 
 class ConfigFileError(Exception):
@@ -72,7 +78,7 @@ class Settings:
     """general.ini, with every default of SPEC §3."""
 
     config_dir: str
-    host: str = "127.0.0.1"
+    host: str = DEFAULT_HOST
     port: int = 8400
     tls_certificate: str = ""
     return_async: bool = True
@@ -87,6 +93,8 @@ class Settings:
     extra_applications_dir: str = "applications/"
     extra_pns_dir: str = "pns/"
     cassandra: CassandraSettings = field(default_factory=CassandraSettings)
+    #: keys and sections of general.ini not understood, to log at start
+    config_warnings: Tuple[str, ...] = ()
 
     def path(self, name: str) -> str:
         """A path from the config files: relative ones start at config_dir."""
@@ -131,7 +139,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
     contact_points = tuple(p.strip() for p in get("Cassandra", "cluster_contact_points", "").split(",") if p.strip())
     return Settings(
         config_dir=config_dir,
-        host=host or get("server", "host", "127.0.0.1"),
+        host=host or get("server", "host", DEFAULT_HOST) or DEFAULT_HOST,
         port=port if port is not None else file_port,
         tls_certificate=get("server", "tls_certificate", ""),
         return_async=_bool(get("server", "return_async", "true"), "return_async"),
@@ -151,6 +159,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
             table=get("Cassandra", "table", ""),
             debug=_bool(get("Cassandra", "debug", "false"), "Cassandra debug"),
         ),
+        config_warnings=tuple(general_warnings(general, parser)),
     )
 
 
@@ -164,6 +173,9 @@ class AppConfig:
     platform: str
     # Apple
     apple_certificate: str = ""
+    #: notAfter of apple_certificate (seconds since the epoch), read with the
+    #: configuration; a renewed certificate thus makes the section "changed"
+    apple_certificate_not_after: Optional[float] = None
     apple_key: str = ""
     key_id: str = ""
     team_id: str = ""
@@ -244,9 +256,11 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         remote_timeout = float(values.get("log_remote_timeout", "") or 2)
     except ValueError:
         raise ConfigFileError("log_remote_timeout must be a number of seconds") from None
+    apple_certificate = credential("apple_certificate")
     return AppConfig(
         section=section, app_id=app_id, app_type=app_type, platform=platform,
-        apple_certificate=credential("apple_certificate"),
+        apple_certificate=apple_certificate,
+        apple_certificate_not_after=pem_file_not_after(apple_certificate) if apple_certificate else None,
         apple_key=credential("apple_key"),
         key_id=values.get("key_id", "").strip(),
         team_id=values.get("team_id", "").strip(),
@@ -281,6 +295,8 @@ def load_applications(settings: Settings) -> Tuple[List[AppConfig], List[Tuple[s
     problems: List[Tuple[str, str]] = []
     seen: Dict[Tuple[str, str], str] = {}
     for section in parser.sections():
+        for warning in application_warnings(path, section, dict(parser.items(section))):
+            log.warning("%s", warning)
         try:
             app = _app_from_section(settings, section, dict(parser.items(section)))
         except ConfigFileError as exc:

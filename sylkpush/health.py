@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from twisted.web import server
 
+from sylkpush.expiry import ExpiryWatch
 from sylkpush.registry import Application, AppRegistry
 from sylkpush.web import JsonResource, write_json
 
@@ -40,26 +41,34 @@ def application_status(app: Application) -> Dict[str, Any]:
     return status
 
 
-def health(registry: AppRegistry) -> Dict[str, Any]:
-    """The ``data`` of ``/health``."""
-    return {f"{app.config.platform}/{app.config.app_id}": application_status(app) for app in registry}
+def health(registry: AppRegistry, expiry: Optional[ExpiryWatch] = None) -> Dict[str, Any]:
+    """The ``data`` of ``/health``; with ``expiry``, each APNs certificate's expiry too."""
+    data = {}
+    for app in registry:
+        status = application_status(app)
+        if expiry is not None:
+            status.update(expiry.application_status(app.config))
+        data[f"{app.config.platform}/{app.config.app_id}"] = status
+    return data
 
 
 class HealthResource(JsonResource):
-    """``GET /health``."""
+    """``GET /health``; ``server`` beside ``data`` shows the API's own certificate."""
 
-    def __init__(self, registry: Callable[[], AppRegistry]) -> None:
+    def __init__(self, registry: Callable[[], AppRegistry], expiry: Optional[ExpiryWatch] = None) -> None:
         super().__init__()
         self.registry = registry
+        self.expiry = expiry
 
     def render_GET(self, request: server.Request) -> bytes:
-        data = health(self.registry())
+        data = health(self.registry(), self.expiry)
         up = sum(1 for status in data.values() if status["up"])
+        extra = {"server": self.expiry.server_status()} if self.expiry is not None else None
         if not data:
-            return write_json(request, 503, "no application is configured", {})
+            return write_json(request, 503, "no application is configured", {}, extra)
         if not up:
-            return write_json(request, 503, "no application can deliver", _jsonable(data))
-        return write_json(request, 200, f"{up} of {len(data)} applications up", _jsonable(data))
+            return write_json(request, 503, "no application can deliver", _jsonable(data), extra)
+        return write_json(request, 200, f"{up} of {len(data)} applications up", _jsonable(data), extra)
 
 
 def _jsonable(data: Dict[str, Any]) -> Dict[str, Any]:

@@ -15,6 +15,8 @@ from twisted.web.server import Site
 
 from sylkpush.config import ConfigFileError, Settings, load_applications
 from sylkpush.dispatch import Dispatcher
+from sylkpush.expiry import Credential, ExpiryWatch, app_credentials, certificate_not_after
+from sylkpush.exposure import open_access_warning
 from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
 from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, default_client_class, log_problems,
@@ -97,6 +99,11 @@ class PushServer(service.Service):
         self.drain_timeout = drain_timeout
         self.handle_sighup = handle_sighup
         self.registry = AppRegistry()
+        self._certificate = (load_tls_certificate(settings.path(settings.tls_certificate))
+                             if settings.tls_certificate else None)
+        own = ([Credential("tls_certificate", settings.path(settings.tls_certificate),
+                           certificate_not_after(self._certificate.original))] if self._certificate else [])
+        self.expiry = ExpiryWatch(lambda: app_credentials(self.registry) + own, reactor)
         self.dispatcher = Dispatcher(lambda: self.registry, reactor)
         self.site: Site = make_site(self.dispatcher, settings.allowed_hosts,
                                     lambda: self.settings.return_async)
@@ -107,8 +114,9 @@ class PushServer(service.Service):
         self.remote_log = RemoteLogger(reactor, debug=settings.debug)
         self.dispatcher.observers += [self.metrics.observe, self.remote_log.observe]
         self.dispatcher.refusal_observers.append(self.metrics.refused)
-        self.site.resource.putChild(b"health", HealthResource(lambda: self.registry))
+        self.site.resource.putChild(b"health", HealthResource(lambda: self.registry, self.expiry))
         self.site.resource.putChild(b"metrics", MetricsResource(self.metrics))
+        self.metrics.registry.register(self.expiry)
         self.watcher = FileWatcher(settings.path(settings.applications_file), self.reload, reactor,
                                    watch_interval)
         self.port: Optional[Any] = None
@@ -118,8 +126,6 @@ class PushServer(service.Service):
         self._reload_waiters: List[Deferred] = []
         self._retiring: List[Deferred] = []
         self._previous_sighup: Any = None
-        self._certificate = (load_tls_certificate(settings.path(settings.tls_certificate))
-                             if settings.tls_certificate else None)
 
     def load_registry(self) -> AppRegistry:
         """Read applications.ini and build its registry (not yet started)."""
@@ -130,6 +136,8 @@ class PushServer(service.Service):
 
     def startService(self) -> None:
         super().startService()
+        for warning in self.settings.config_warnings:
+            log.warning("%s", warning)
         self.registry = self.load_registry()
         if not len(self.registry):
             log.warning("no application is configured: every push will be answered 404")
@@ -146,6 +154,7 @@ class PushServer(service.Service):
                                 lambda failure: log.warning("cannot find this host's address for remote logs: %s",
                                                             failure.getErrorMessage()))
         self.watcher.start()
+        self.expiry.start()
         if self.handle_sighup:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
@@ -208,6 +217,7 @@ class PushServer(service.Service):
         # one assignment: a request sees either the old or the new registry, whole
         self.registry = rebuild.registry
         self.reloads += 1
+        self.expiry.check(only_new=True)
         hand_over_waiting(rebuild.retired, rebuild.registry)
         for client in rebuild.retired:
             # stop() finishes the pushes already handed to the client, then closes
@@ -234,6 +244,9 @@ class PushServer(service.Service):
         address = listening.getHost()
         scheme = "https" if self._certificate is not None else "http"
         log.info("listening on %s://%s:%s", scheme, address.host, address.port)
+        warning = open_access_warning(self.settings, host, address.port)
+        if warning:
+            log.warning("%s", warning)
         return listening
 
     @defer.inlineCallbacks
@@ -245,6 +258,7 @@ class PushServer(service.Service):
         """
         super().stopService()
         self.watcher.stop()
+        self.expiry.stop()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None

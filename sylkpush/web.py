@@ -27,11 +27,12 @@ MAX_BODY = 64 * 1024
 
 
 def write_json(request: server.Request, code: int, description: str,
-               data: Optional[Dict[str, Any]] = None) -> bytes:
-    """Set status and headers of ``request``; the JSON body to return."""
+               data: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> bytes:
+    """Set status and headers of ``request``; the JSON body to return
+    (``extra``: more keys beside code, description and data)."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
-    return json.dumps({"code": code, "description": description, "data": data or {}}).encode("utf-8")
+    return json.dumps({"code": code, "description": description, "data": data or {}, **(extra or {})}).encode("utf-8")
 
 
 class ApiRequest(server.Request):

@@ -21,7 +21,7 @@ class SettingsTests(unittest.TestCase):
     def test_defaults_without_general_ini(self):
         directory = make_config_dir("")
         settings = load_settings(directory)
-        self.assertEqual((settings.host, settings.port, settings.return_async), ("127.0.0.1", 8400, True))
+        self.assertEqual((settings.host, settings.port, settings.return_async), ("0.0.0.0", 8400, True))
         self.assertEqual(settings.tls_certificate, "")
         self.assertEqual(settings.allowed_hosts, ())
         self.assertEqual((settings.log_to_file, settings.log_file),
@@ -179,7 +179,7 @@ class CommandLineTests(unittest.TestCase):
     def test_missing_applications_ini(self):
         directory = make_config_dir("")
         os.unlink(os.path.join(directory, "applications.ini"))
-        result = self.run_server("--config_dir", directory, "--no-fork", "--port", "0")
+        result = self.run_server("--config_dir", directory, "--no-fork", "--ip", "127.0.0.1", "--port", "0")
         self.assertEqual(result.returncode, 1)
         self.assertIn("cannot read", result.stderr)
         self.assertNotIn("Traceback", result.stderr)

@@ -87,7 +87,7 @@ class ShutdownTests(unittest.TestCase):
             stream.write(SLOW_PNS)
         process = ServerProcess()
         args = [sys.executable, os.path.join(ROOT, "sylk-pushserver"), "--config_dir", directory,
-                "--no-fork", "--port", "0", "--drain_timeout", str(drain_timeout)]
+                "--no-fork", "--ip", "127.0.0.1", "--port", "0", "--drain_timeout", str(drain_timeout)]
         transport = reactor.spawnProcess(process, sys.executable, args, env=dict(os.environ), path=ROOT)
 
         def kill_if_running():

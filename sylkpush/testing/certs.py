@@ -28,6 +28,10 @@ def _pem_cert(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+#: days the certificates are valid: beyond the daemon's 30-day expiry warnings
+VALID_DAYS = 365
+
+
 def new_ec_key() -> ec.EllipticCurvePrivateKey:
     """A P-256 key, the kind Apple issues as .p8 and uses for ES256."""
     return ec.generate_private_key(ec.SECP256R1())
@@ -82,7 +86,7 @@ class CertificateAuthority:
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
                                          key_encipherment=False, data_encipherment=False,
@@ -102,21 +106,23 @@ class CertificateAuthority:
         return path
 
     def issue(self, common_name: str, server_names: Sequence[str] = (),
-              client: bool = False, uid: Optional[str] = None) -> Issued:
-        """Sign a certificate for a server (``server_names``) or a client."""
+              client: bool = False, uid: Optional[str] = None, days: float = VALID_DAYS) -> Issued:
+        """Sign a certificate for a server (``server_names``) or a client,
+        valid for ``days`` from now (expired ``-days`` ago when negative)."""
         key = new_ec_key()
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
         if uid:
             # Apple puts the bundle id of a push certificate in the UID attribute
             attributes.insert(0, x509.NameAttribute(NameOID.USER_ID, uid))
         now = datetime.datetime.utcnow()
+        not_after = now + datetime.timedelta(days=days)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name(attributes)).issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
+            .not_valid_before(min(now, not_after) - datetime.timedelta(days=1))
+            .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -136,5 +142,5 @@ class CertificateAuthority:
     def server(self, names: Sequence[str] = ("localhost", "127.0.0.1", "::1")) -> Issued:
         return self.issue(names[0], server_names=names)
 
-    def client(self, common_name: str, uid: Optional[str] = None) -> Issued:
-        return self.issue(common_name, client=True, uid=uid)
+    def client(self, common_name: str, uid: Optional[str] = None, days: float = VALID_DAYS) -> Issued:
+        return self.issue(common_name, client=True, uid=uid, days=days)
