@@ -3,6 +3,7 @@
 #               (make run PORT=8400 HOST=127.0.0.1 APNS_PORT=18443 FCM_PORT=18444 ARGS=--debug)
 #   make test   create .venv and run the trial suite
 #   make test-debian   run the suite on Debian 12's packaged libraries (/usr/bin/python3)
+#   make test-cassandra   start a one-node Apache Cassandra (Java, Maven) and run the Cassandra tests on both
 #   make bench  throughput, added latency and memory against the fakes (installs wrk; PROFILE=1: py-spy)
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 
@@ -12,10 +13,10 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := python3-twisted python3-treq python3-h2 python3-jwt python3-google-auth \
 	python3-openssl python3-service-identity python3-systemd python3-prometheus-client \
-	python3-hypothesis
+	python3-hypothesis python3-cassandra
 TESTS ?= tests
 
-.PHONY: run test test-debian debian-deps bench soak clean
+.PHONY: run test test-debian debian-deps cassandra-deps test-cassandra bench soak clean
 
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +45,22 @@ debian-deps:
 test-debian: debian-deps
 	PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(TESTS)
 
+# make test-cassandra CASSANDRA_NODE="--heap 768M --auth none"
+# The node (tests/cassandra/node) runs with PasswordAuthenticator by default.
+CASSANDRA_TESTS ?= tests.test_cassandra_schema
+CASSANDRA_NODE ?= --auth password
+
+cassandra-deps:
+	@command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless maven; }
+
+test-cassandra: $(STAMP) debian-deps cassandra-deps
+	/usr/bin/python3 tests/cassandra/node run $(CASSANDRA_NODE) -- sh -c '\
+	  PYTHONPATH=. $(VPY) -m twisted.trial $(CASSANDRA_TESTS); pypi=$$?; \
+	  PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(CASSANDRA_TESTS); debian=$$?; \
+	  echo "Cassandra tests: PyPI floor exit $$pypi; Debian 12 floor exit $$debian"; \
+	  [ $$pypi = 0 ] && [ $$debian = 0 ]'
+
 # make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase PROFILE=1
 DURATION ?= 10
 LATENCIES ?= 0,50,200
@@ -71,4 +88,4 @@ soak: $(STAMP)
 	  --platforms $(PLATFORMS)
 
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info run
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info run tests/cassandra/target
