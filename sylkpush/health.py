@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 from twisted.web import server
 
@@ -46,20 +46,27 @@ def health(registry: AppRegistry) -> Dict[str, Any]:
 
 
 class HealthResource(JsonResource):
-    """``GET /health``."""
+    """``GET /health``; with ``storage``, ``data`` also has the token
+    storage's state under ``token-storage`` (the v2 API needs it, ``/push``
+    does not, so it does not change the answer's code)."""
 
-    def __init__(self, registry: Callable[[], AppRegistry]) -> None:
+    def __init__(self, registry: Callable[[], AppRegistry],
+                 storage: Optional[Callable[[], Dict[str, Any]]] = None) -> None:
         super().__init__()
         self.registry = registry
+        self.storage = storage
 
     def render_GET(self, request: server.Request) -> bytes:
-        data = health(self.registry())
-        up = sum(1 for status in data.values() if status["up"])
-        if not data:
-            return write_json(request, 503, "no application is configured", {})
+        applications = health(self.registry())
+        up = sum(1 for status in applications.values() if status["up"])
+        data = dict(applications)
+        if self.storage is not None:
+            data["token-storage"] = self.storage()
+        if not applications:
+            return write_json(request, 503, "no application is configured", _jsonable(data))
         if not up:
             return write_json(request, 503, "no application can deliver", _jsonable(data))
-        return write_json(request, 200, f"{up} of {len(data)} applications up", _jsonable(data))
+        return write_json(request, 200, f"{up} of {len(applications)} applications up", _jsonable(data))
 
 
 def _jsonable(data: Dict[str, Any]) -> Dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -92,6 +93,8 @@ def start_server(testcase: Any, applications: str, general: str = "",
     """
     directory = make_config_dir(applications, general)
     settings = load_settings(directory, host="127.0.0.1", port=0)
+    if "spool_dir" not in general:  # never the system's /var/spool
+        settings = dataclasses.replace(settings, spool_dir=os.path.join(directory, "spool"))
     if find_client is not None:  # None: the real push-service clients
         options["find_client"] = find_client
     server = PushServer(settings, reactor, **options)
@@ -120,11 +123,14 @@ def wakeup(**overrides: Any) -> Dict[str, Any]:
 
 
 @defer.inlineCallbacks
-def post(url: str, body: Any, raw: Optional[bytes] = None, method: str = "POST", **kwargs: Any):
-    """Send a request; returns (status, parsed JSON or text, response)."""
+def post(url: str, body: Any, raw: Optional[bytes] = None, method: str = "POST",
+         headers: Optional[Dict[bytes, List[bytes]]] = None, **kwargs: Any):
+    """Send a request (``headers`` added to its JSON content type); returns
+    (status, parsed JSON or text, response)."""
     data = raw if raw is not None else json.dumps(body).encode("utf-8")
-    response = yield treq.request(method, url, data=data if method == "POST" else None,
-                                  headers={b"content-type": [b"application/json"]}, persistent=False, **kwargs)
+    response = yield treq.request(method, url, data=data if method not in ("GET", "HEAD") else None,
+                                  headers={b"content-type": [b"application/json"], **(headers or {})},
+                                  persistent=False, **kwargs)
     content = yield response.content()
     try:
         parsed = json.loads(content)

@@ -79,7 +79,7 @@ class ShutdownTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def start(self, delay, drain_timeout):
-        directory = make_config_dir(slow_app(delay))
+        directory = make_config_dir(slow_app(delay), "[server]\nspool_dir = spool\n")
         os.mkdir(os.path.join(directory, "applications"))
         shutil.copy(os.path.join(ROOT, "config", "applications", "myapp.py"), os.path.join(directory, "applications"))
         os.mkdir(os.path.join(directory, "pns"))
