@@ -112,6 +112,21 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(nobody, [])
 
     @defer.inlineCallbacks
+    def test_a_device_is_committed_when_its_store_fires(self):
+        yield self.store.open()
+        path = os.path.join(self.directory, DATABASE_NAME)
+        unseen = []
+
+        def committed(_, device_id):
+            # another connection sees only committed data
+            with sqlite3.connect(path) as connection:
+                if not connection.execute("SELECT 1 FROM push_tokens WHERE device_id = ?", (device_id,)).fetchone():
+                    unseen.append(device_id)
+        yield defer.gatherResults([self.store.store(device(f"dev-{n}")).addCallback(committed, f"dev-{n}")
+                                   for n in range(200)])
+        self.assertEqual(unseen, [])
+
+    @defer.inlineCallbacks
     def test_remove_expired_spares_a_device_registered_again(self):
         yield self.store.open()
         stale = device(token="old", background="bg")
