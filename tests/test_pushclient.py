@@ -84,3 +84,21 @@ class PushClientScriptTests(unittest.TestCase):
         _, err, code = yield call(f"http://127.0.0.1:{free_port()}/push", "--mediatype", "audio")
         self.assertEqual(code, 2)
         self.assertIn(b"cannot reach", err)
+
+
+class ApiKeyTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def test_key_from_the_environment(self):
+        from tests.helpers import make_config_dir
+        keys = os.path.join(make_config_dir(""), "keys")
+        with open(keys, "w") as stream:
+            stream.write("proxy 0123456789abcdef0123\n")
+        _, base = start_server(self, SYLK_APPLE, f"[api]\nkeys_file = {keys}\n")
+        out, _, code = yield call(base + "/push", "--mediatype", "audio")
+        self.assertEqual((code, json.loads(out)["code"]), (1, 401))
+        out, _, code = yield utils.getProcessOutputAndValue(
+            sys.executable, [SCRIPT, "--url", base + "/push", "--platform", "ios", "--appid", "com.example.sylk",
+                             "--token", "t", "--callid", "c", "--from", "a", "--to", "b", "--mediatype", "audio"],
+            env=dict(os.environ, SYLK_PUSHSERVER_API_KEY="0123456789abcdef0123"))
+        self.assertEqual((code, json.loads(out)["code"]), (0, 200))
