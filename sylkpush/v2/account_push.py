@@ -22,6 +22,12 @@ from sylkpush.v2.registration import token_for
 log = logging.getLogger(__name__)
 
 
+def device_fields(device: Device, token: str) -> Dict[str, Any]:
+    """The fields of a /push request that a stored device supplies."""
+    return {"app-id": device.app_id, "platform": device.platform, "token": token,
+            "device-id": device.device_id, "silent": device.silent}
+
+
 def storage_answer(error: StorageError) -> Answer:
     """What a caller hears when the store failed: 503 when it may work later, else 500."""
     if isinstance(error, StorageUnavailable):
@@ -72,8 +78,7 @@ class AccountPusher:
         first_refusal: Optional[ApiError] = None
         for device in devices:
             token = token_for(device, body.get("event"))
-            v1 = dict(body, **{"app-id": device.app_id, "platform": device.platform, "token": token,
-                               "device-id": device.device_id, "silent": device.silent})
+            v1 = dict(body, **device_fields(device, token))
             try:
                 outcomes.append(self.dispatcher.prepare(v1, caller, request_id))
             except ApiError as exc:

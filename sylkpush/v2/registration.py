@@ -17,6 +17,12 @@ from sylkpush.notification import ValidationError, parse_app_id, read_bool, read
 from sylkpush.tokens import Device, normalize_device_id, split_account, split_token
 
 
+#: the fields of a registration
+REGISTRATION_FIELDS = ("app-id", "platform", "token", "device-id", "silent", "user-agent")
+#: the fields of a removal
+REMOVAL_FIELDS = ("app-id", "device-id")
+
+
 def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(400, str(exc), {"field": exc.field})
 
