@@ -105,14 +105,8 @@ def start_server(testcase: Any, applications: str, general: str = "",
     return server, f"{scheme}://127.0.0.1:{address.port}"
 
 
-def wakeup(**overrides: Any) -> Dict[str, Any]:
-    """A valid sylk incoming call for com.example.sylk on Apple."""
-    body = {
-        "app-id": "com.example.sylk", "platform": "apple", "token": "a1b2c3d4",
-        "device-id": "dev-1", "call-id": "call-1@example.com", "from": "alice@example.com",
-        "from-display-name": "Alice", "to": "bob@example.com", "media-type": "audio",
-        "event": "incoming_session", "silent": True,
-    }
+def overridden(body: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """``body`` with ``overrides`` (``_`` in names meaning ``-``; None removes the key)."""
     for key, value in overrides.items():
         key = key.replace("_", "-")
         if value is None:
@@ -120,6 +114,24 @@ def wakeup(**overrides: Any) -> Dict[str, Any]:
         else:
             body[key] = value
     return body
+
+
+def wakeup(**overrides: Any) -> Dict[str, Any]:
+    """A valid sylk incoming call for com.example.sylk on Apple."""
+    return overridden({
+        "app-id": "com.example.sylk", "platform": "apple", "token": "a1b2c3d4",
+        "device-id": "dev-1", "call-id": "call-1@example.com", "from": "alice@example.com",
+        "from-display-name": "Alice", "to": "bob@example.com", "media-type": "audio",
+        "event": "incoming_session", "silent": True,
+    }, overrides)
+
+
+def keys_file(*lines: str) -> str:
+    """A file of API keys (``name key`` lines) for ``[api] keys_file``; its path."""
+    path = os.path.join(tempfile.mkdtemp(prefix="sylkpush-keys-"), "api-keys")
+    with open(path, "w") as stream:
+        stream.write("".join(line + "\n" for line in lines))
+    return path
 
 
 @defer.inlineCallbacks

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from sylkpush.api_keys import ApiKeys, parse_keys
 from sylkpush.config import ConfigFileError
 from tests.doubles import capture_logs
-from tests.helpers import SYLK_APPLE, make_config_dir, post, start_server, wakeup
+from tests.helpers import SYLK_APPLE, keys_file, post, start_server, wakeup
 
 OPS_KEY = "0123456789abcdef-ops-secret"
 PROXY_KEY = "fedcba9876543210-proxy-secret"
@@ -49,8 +49,7 @@ class KeysServerTests(unittest.TestCase):
 
     def setUp(self):
         self.logs = capture_logs(self, redact=False)
-        self.keys_file = os.path.join(make_config_dir(""), "api-keys")
-        self.write_keys(f"ops {OPS_KEY}\nproxy {PROXY_KEY}\n")
+        self.keys_file = keys_file(f"ops {OPS_KEY}", f"proxy {PROXY_KEY}")
         self.server, self.url = start_server(self, SYLK_APPLE,
                                              f"[server]\ndebug = true\n[api]\nkeys_file = {self.keys_file}\n",
                                              handle_sighup=True)

@@ -10,21 +10,14 @@ from sylkpush.pns.base import PushResult
 from sylkpush.tokens import Device
 from sylkpush.web import MAX_BODY
 from tests.doubles import capture_logs
-from tests.helpers import LINPHONE_APPLE, SYLK_APPLE, SYLK_FIREBASE, RecordingClient, post, start_server
+from tests.helpers import LINPHONE_APPLE, SYLK_APPLE, SYLK_FIREBASE, RecordingClient, overridden, post, start_server
 
 ACCOUNT = "alice@example.com"
 
 
 def registration(**overrides):
-    body = {"app-id": "com.example.sylk", "platform": "apple", "token": "a1a1-b2b2",
-            "device-id": "<urn:uuid:0f0e-d00d>", "silent": True, "user-agent": "Sylk 5.1"}
-    for key, value in overrides.items():
-        key = key.replace("_", "-")
-        if value is None:
-            body.pop(key, None)
-        else:
-            body[key] = value
-    return body
+    return overridden({"app-id": "com.example.sylk", "platform": "apple", "token": "a1a1-b2b2",
+                       "device-id": "<urn:uuid:0f0e-d00d>", "silent": True, "user-agent": "Sylk 5.1"}, overrides)
 
 
 def call(**overrides):

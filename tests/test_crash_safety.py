@@ -13,7 +13,6 @@ import json
 import os
 import random
 import sqlite3
-import sys
 
 import treq
 from twisted.internet import defer, reactor, task
@@ -26,7 +25,7 @@ from sylkpush.testing.fake_apns import FakeAPNs
 from sylkpush.tokens.sqlite import DATABASE_NAME
 from tests.helpers import make_config_dir
 from tests.test_remote_log import free_port
-from tests.test_shutdown import ROOT, ServerProcess
+from tests.test_shutdown import spawn_daemon
 
 CYCLES = 8
 WRITERS = 8
@@ -54,16 +53,7 @@ class KillNineTests(unittest.TestCase):
         self.database = os.path.join(self.directory, "spool", DATABASE_NAME)
 
     def spawn(self):
-        process = ServerProcess()
-        args = [sys.executable, os.path.join(ROOT, "sylk-pushserver"), "--config_dir", self.directory, "--no-fork"]
-        transport = reactor.spawnProcess(process, sys.executable, args, env=dict(os.environ), path=ROOT)
-
-        def kill_if_running():
-            if not process.ended.called:
-                transport.signalProcess("KILL")
-                return process.ended
-        self.addCleanup(kill_if_running)
-        return process, transport
+        return spawn_daemon(self, self.directory)
 
     @defer.inlineCallbacks
     def writer(self, pool, cycle, number, acknowledged, stop, acked):

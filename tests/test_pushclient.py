@@ -10,7 +10,7 @@ from twisted.internet import defer, utils
 from twisted.trial import unittest
 
 from sylkpush.pns.base import PushResult
-from tests.helpers import SYLK_APPLE, RecordingClient, start_server
+from tests.helpers import SYLK_APPLE, RecordingClient, keys_file, start_server
 from tests.test_remote_log import free_port
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "sylk-pushclient")
@@ -90,11 +90,7 @@ class ApiKeyTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_key_from_the_environment(self):
-        from tests.helpers import make_config_dir
-        keys = os.path.join(make_config_dir(""), "keys")
-        with open(keys, "w") as stream:
-            stream.write("proxy 0123456789abcdef0123\n")
-        _, base = start_server(self, SYLK_APPLE, f"[api]\nkeys_file = {keys}\n")
+        _, base = start_server(self, SYLK_APPLE, f"[api]\nkeys_file = {keys_file('proxy 0123456789abcdef0123')}\n")
         out, _, code = yield call(base + "/push", "--mediatype", "audio")
         self.assertEqual((code, json.loads(out)["code"]), (1, 401))
         out, _, code = yield utils.getProcessOutputAndValue(

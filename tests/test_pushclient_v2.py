@@ -10,7 +10,7 @@ from twisted.internet import defer, utils
 from twisted.trial import unittest
 
 from sylkpush.pns.base import PushResult
-from tests.helpers import SYLK_APPLE, SYLK_FIREBASE, RecordingClient, make_config_dir, start_server
+from tests.helpers import SYLK_APPLE, SYLK_FIREBASE, RecordingClient, keys_file, start_server
 from tests.test_remote_log import free_port
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "sylk-pushclient-v2")
@@ -102,10 +102,7 @@ class ApiKeyTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_key_from_the_environment(self):
-        keys = os.path.join(make_config_dir(""), "keys")
-        with open(keys, "w") as stream:
-            stream.write("proxy 0123456789abcdef0123\n")
-        _, url = start_server(self, SYLK_APPLE, f"[api]\nkeys_file = {keys}\n")
+        _, url = start_server(self, SYLK_APPLE, f"[api]\nkeys_file = {keys_file('proxy 0123456789abcdef0123')}\n")
         args = ("--url", url, "--account", ACCOUNT, "add", "--platform", "apple", "--appid", "com.example.sylk",
                 "--token", "t", "--deviceid", "d")
         out, _, code = yield run(*args)
