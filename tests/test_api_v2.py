@@ -353,6 +353,21 @@ class AccountPushTests(V2Case):
         self.assertEqual(body["description"], "token storage unavailable: the token store is closed")
         code, body, _ = yield self.register()
         self.assertEqual((code, body["description"]), (503, "token storage unavailable: the token store is closed"))
+        code, body, _ = yield post(self.url + "/health", None, method="GET")
+        self.assertEqual(code, 200)  # /push still works
+        storage = body["data"]["token-storage"]
+        self.assertEqual((storage["up"], storage["state"]), (False, "closed"))
+
+
+class AccessListTests(V2Case):
+
+    general = "[server]\nallowed_hosts = 192.0.2.0/24\n"
+
+    @defer.inlineCallbacks
+    def test_v2_obeys_allowed_hosts(self):
+        for method, path in (("POST", ""), ("DELETE", ""), ("POST", "/push"), ("POST", "/push/dev")):
+            code, body, _ = yield post(self.tokens_url + path, registration(), method=method)
+            self.assertEqual((code, body["description"]), (403, "access denied by access list"))
 
 
 class AsyncAnswerTests(V2Case):
