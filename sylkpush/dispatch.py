@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -59,7 +59,8 @@ class Answer:
 
     code: int
     description: str
-    data: Dict[str, Any]
+    #: an object; a list for the answers that hold one result per device (v2)
+    data: Union[Dict[str, Any], List[Any]]
 
     def envelope(self) -> Dict[str, Any]:
         return {"code": self.code, "description": self.description, "data": self.data}

@@ -173,9 +173,9 @@ class PushServer(service.Service):
 
     def reload_keys(self) -> "Deferred[bool]":
         """Read keys_file again (in a thread); fires True when its keys are in force."""
-        keys = self.api_keys
-        if keys is None:
+        if self.api_keys is None:
             return defer.succeed(False)
+        keys: ApiKeys = self.api_keys
 
         def loaded(new: Any) -> bool:
             keys.replace(new)

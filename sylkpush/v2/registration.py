@@ -60,7 +60,7 @@ def parse_device_segment(segment: bytes) -> str:
 
 
 def _device_id(body: Mapping[str, Any]) -> str:
-    device_id = normalize_device_id(_printable(read_string(body, "device-id", True), "device-id"))
+    device_id = normalize_device_id(_printable(read_string(body, "device-id", True) or "", "device-id"))
     if not device_id:
         raise ValidationError("device-id", "is required")
     return device_id
@@ -70,7 +70,7 @@ def parse_registration(body: Any, username: str, domain: str, dispatcher: Dispat
     """The device a registration stores; its application must be configured."""
     app = dispatcher.application(body)  # a JSON object naming a configured app, or ApiError
     try:
-        token = read_string(body, "token", True)
+        token = read_string(body, "token", True) or ""
         device_id = _device_id(body)
         silent = read_bool(body, "silent", True)
         user_agent = read_string(body, "user-agent", False)

@@ -62,7 +62,7 @@ class TokensResource(AnsweringResource):
                      request.path.decode("utf-8", "replace"), exc.code, exc.description)
             return self._refuse(request, exc.code, exc.description, exc.data)
 
-    def register(self, request: server.Request, username: str, domain: str, body: Any, _: List[bytes]) -> Any:
+    def register(self, request: server.Request, username: str, domain: str, body: Any, rest: List[bytes]) -> Any:
         device = parse_registration(body, username, domain, self.dispatcher)
         request_id = f"{device.account}-{device.app_id}-{device.device_id}"
         log.info("%s: registration from %s: %s token %s%s silent %s user agent %s", request_id, caller(request),
@@ -82,7 +82,7 @@ class TokensResource(AnsweringResource):
         # stored before the answer, even with return_async = false: a 200 means stored
         return self.answer_later(request, ensureDeferred(store()), request_id)
 
-    def remove(self, request: server.Request, username: str, domain: str, body: Any, _: List[bytes]) -> Any:
+    def remove(self, request: server.Request, username: str, domain: str, body: Any, rest: List[bytes]) -> Any:
         removal = parse_removal(body)
         account = f"{username}@{domain}"
         request_id = f"{account}-{removal.app_id}-{removal.device_id}"
