@@ -2,7 +2,8 @@
 #   make run    create .venv and start the daemon (with the demo fakes) on ./config
 #   make test   create .venv and run the trial suite
 #   make test-debian   run the suite on Debian 12's packaged libraries (/usr/bin/python3)
-#   make bench  throughput, added latency and memory against the fakes (installs wrk; PROFILE=1: py-spy)
+#   make bench  throughput, added latency and memory against the fakes, and v2 registrations and
+#               account pushes per second (installs wrk; PROFILE=1: py-spy)
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 
 PYTHON ?= python3
