@@ -4,7 +4,8 @@
 #   make test   create .venv and run the trial suite
 #   make test-debian   run the suite on Debian 12's packaged libraries (/usr/bin/python3)
 #   make test-cassandra   start a one-node Apache Cassandra (Java, Maven) and run the Cassandra tests on both
-#   make bench  throughput, added latency and memory against the fakes (installs wrk; PROFILE=1: py-spy)
+#   make bench  throughput, added latency and memory against the fakes, and v2 registrations and
+#               account pushes per second (installs wrk; PROFILE=1: py-spy)
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 
 PYTHON ?= python3

@@ -31,7 +31,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/sylkpush_plugin.py"]},
-    scripts=["sylk-pushserver", "scripts/sylk-pushclient"],
+    scripts=["sylk-pushserver", "scripts/sylk-pushclient", "scripts/sylk-pushclient-v2"],
     data_files=data_files("resources") + data_files("config"),
     install_requires=[
         "twisted>=22.4",

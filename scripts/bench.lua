@@ -1,7 +1,9 @@
 -- wrk script for `make bench`: unique sylk wake-up requests to /push.
 -- env: BENCH_APPS (apps to spread over), BENCH_PLATFORM, BENCH_RATE (0 = flat
 -- out; else requests/s over all threads), BENCH_IDS (file prefix for the
--- call-ids answered 200), BENCH_THREADS, BENCH_RUN (tags the call-ids of one run).
+-- call-ids answered 200), BENCH_THREADS, BENCH_RUN (tags the call-ids of one run),
+-- BENCH_MODE (push; v2-register: a new device per request; v2-push: calls to
+-- the accounts push-0 .. push-<BENCH_ACCOUNTS - 1>@example.com).
 local ffi = require("ffi")
 ffi.cdef[[
 typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
@@ -27,7 +29,9 @@ function init(args)
   platform = os.getenv("BENCH_PLATFORM") or "apple"
   run = os.getenv("BENCH_RUN") or "0"
   local rate = tonumber(os.getenv("BENCH_RATE") or "0")
-  local nthreads = tonumber(os.getenv("BENCH_THREADS") or "2")
+  nthreads = tonumber(os.getenv("BENCH_THREADS") or "2")
+  mode = os.getenv("BENCH_MODE") or "push"
+  accounts = tonumber(os.getenv("BENCH_ACCOUNTS") or "1000")
   interval = 0
   if rate > 0 then interval = 1000.0 * nthreads / rate end
   next_slot = 0
@@ -51,6 +55,20 @@ end
 function request()
   n = n + 1
   local call = string.format("bench-%s-%d-%d@example.com", run, id, n)
+  if mode == "v2-register" then
+    -- a new device of a new account each time
+    local body = string.format(
+      '{"app-id":"com.example.bench0","platform":"apple","token":"%032x%032x","device-id":"dev-%d-%d"}',
+      id, n, id, n)
+    return wrk.format(nil, string.format("/v2/tokens/reg-%s-%d-%d@example.com", run, id, n), nil, body)
+  elseif mode == "v2-push" then
+    -- a call to one of the accounts prepared beforehand
+    local body = string.format(
+      '{"event":"incoming_session","call-id":"%s","from":"alice@example.com","from-display-name":"Alice",' ..
+      '"to":"bob@example.com","media-type":"audio"}', call)
+    local account = (n * nthreads + id) % accounts
+    return wrk.format(nil, string.format("/v2/tokens/push-%d@example.com/push", account), nil, body)
+  end
   local body = string.format(
     '{"app-id":"com.example.bench%d","platform":"%s","token":"%032x%032x","device-id":"dev-%d",' ..
     '"call-id":"%s","from":"alice@example.com","from-display-name":"Alice","to":"bob@example.com",' ..

@@ -109,7 +109,7 @@ def firebase_sections(fake: Fake, count: int, prefix: str = "com.example.bench")
 def write_config(directory: str, port: int, applications: str) -> str:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "general.ini"), "w") as stream:
-        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = true\n")
+        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = true\nspool_dir = spool\n")
     with open(os.path.join(directory, "applications.ini"), "w") as stream:
         stream.write(applications)
     return directory

@@ -88,6 +88,8 @@ class Settings:
     spool_dir: str = "/var/spool/sylk-pushserver"
     debug: bool = False
     debug_hpack: bool = False
+    #: [api] keys_file: when set, /push and /v2 need one of its keys
+    keys_file: str = ""
     applications_file: str = "applications.ini"
     credentials_folder: str = "credentials"
     extra_applications_dir: str = "applications/"
@@ -149,6 +151,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
         spool_dir=get("server", "spool_dir", "/var/spool/sylk-pushserver"),
         debug=file_debug if debug is None else debug,
         debug_hpack=_bool(get("server", "debug_hpack", "false"), "debug_hpack"),
+        keys_file=get("api", "keys_file", ""),
         applications_file=get("applications", "config_file", "applications.ini"),
         credentials_folder=get("applications", "credentials_folder", "credentials"),
         extra_applications_dir=get("applications", "extra_applications_dir", "applications/"),

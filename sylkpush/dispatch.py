@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -59,7 +59,8 @@ class Answer:
 
     code: int
     description: str
-    data: Dict[str, Any]
+    #: an object; a list for the answers that hold one result per device (v2)
+    data: Union[Dict[str, Any], List[Any]]
 
     def envelope(self) -> Dict[str, Any]:
         return {"code": self.code, "description": self.description, "data": self.data}
@@ -132,8 +133,9 @@ class Dispatcher:
         for waiter in waiters:
             waiter.callback(None)
 
-    def prepare(self, body: Any, client_address: str) -> PreparedPush:
-        """Validate and render; raises :class:`ApiError` for every refusal."""
+    def application(self, body: Any) -> Application:
+        """The configured application ``body`` names with ``app-id`` and
+        ``platform``; :class:`ApiError` when there is none."""
         if not isinstance(body, Mapping):
             raise ApiError(400, "request body must be a JSON object")
         registry = self._registry()
@@ -145,13 +147,21 @@ class Dispatcher:
         app = registry.get(app_id, platform)
         if app is None:
             raise ApiError(404, f"{platform.capitalize()} {app_id} app is not configured")
+        return app
+
+    def prepare(self, body: Any, client_address: str, request_id: Optional[str] = None) -> PreparedPush:
+        """Validate and render; raises :class:`ApiError` for every refusal.
+
+        ``request_id`` replaces the usual ``<event>-<app-id>-<call-id>``.
+        """
+        app = self.application(body)
         try:
-            notification = parse_notification(body, app.config.app_type, platform)
+            notification = parse_notification(body, app.config.app_type, app.config.platform)
         except ValidationError as exc:
             raise ApiError(400, str(exc), {"field": exc.field}) from None
 
         now = self.reactor.seconds()
-        request_id = notification.request_id
+        request_id = request_id or notification.request_id
         log.info("%s: incoming request from %s: from %s to %s device %s token %s", request_id,
                  client_address, notification.sip_from, notification.sip_to,
                  notification.device_id or "-", notification.token)

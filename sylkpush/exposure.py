@@ -30,13 +30,13 @@ def is_loopback(host: str) -> bool:
 
 def callers_restricted(settings: Settings) -> bool:
     """True when general.ini limits who may call the API."""
-    return bool(settings.allowed_hosts)
+    return bool(settings.allowed_hosts or settings.keys_file)
 
 
 def open_access_warning(settings: Settings, host: str, port: int) -> Optional[str]:
     """The warning for a server listening on ``host``:``port``, or None when it is fine."""
     if is_loopback(host) or callers_restricted(settings):
         return None
-    return (f"listening on {host} port {port} and allowed_hosts is empty: anyone who can reach this port "
+    return (f"listening on {host} port {port} with neither allowed_hosts nor API keys: anyone who can reach this port "
             f"can send pushes to your users; set allowed_hosts in general.ini to the addresses of your "
-            f"proxies (or host = 127.0.0.1 when they run on this machine)")
+            f"proxies, or [api] keys_file (or host = 127.0.0.1 when they run on this machine)")

@@ -53,22 +53,31 @@ def health(registry: AppRegistry, expiry: Optional[ExpiryWatch] = None) -> Dict[
 
 
 class HealthResource(JsonResource):
-    """``GET /health``; ``server`` beside ``data`` shows the API's own certificate."""
+    """``GET /health``; ``server`` beside ``data`` shows the API's own
+    certificate; with ``storage``, ``data`` also has the token storage's
+    state under ``token-storage`` (the v2 API needs it, ``/push`` does not,
+    so it does not change the answer's code)."""
 
-    def __init__(self, registry: Callable[[], AppRegistry], expiry: Optional[ExpiryWatch] = None) -> None:
+    def __init__(self, registry: Callable[[], AppRegistry],
+                 storage: Optional[Callable[[], Dict[str, Any]]] = None,
+                 expiry: Optional[ExpiryWatch] = None) -> None:
         super().__init__()
         self.registry = registry
+        self.storage = storage
         self.expiry = expiry
 
     def render_GET(self, request: server.Request) -> bytes:
-        data = health(self.registry(), self.expiry)
-        up = sum(1 for status in data.values() if status["up"])
+        applications = health(self.registry(), self.expiry)
+        up = sum(1 for status in applications.values() if status["up"])
+        data = dict(applications)
+        if self.storage is not None:
+            data["token-storage"] = self.storage()
         extra = {"server": self.expiry.server_status()} if self.expiry is not None else None
-        if not data:
-            return write_json(request, 503, "no application is configured", {}, extra)
+        if not applications:
+            return write_json(request, 503, "no application is configured", _jsonable(data), extra)
         if not up:
             return write_json(request, 503, "no application can deliver", _jsonable(data), extra)
-        return write_json(request, 200, f"{up} of {len(data)} applications up", _jsonable(data), extra)
+        return write_json(request, 200, f"{up} of {len(applications)} applications up", _jsonable(data), extra)
 
 
 def _jsonable(data: Dict[str, Any]) -> Dict[str, Any]:

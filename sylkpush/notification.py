@@ -170,3 +170,7 @@ def parse_notification(body: Mapping[str, Any], app_type: str,
         filetype=_string(body, "filetype", False),
         raw=dict(body),
     )
+
+
+#: the field rules, for the other requests that carry such fields (v2 registrations)
+read_string, read_bool = _string, _bool

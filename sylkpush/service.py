@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.threads import deferToThread
 from twisted.web.server import Site
 
+from sylkpush.api_keys import ApiKeys, read_keys
 from sylkpush.config import ConfigFileError, Settings, load_applications
 from sylkpush.dispatch import Dispatcher
 from sylkpush.expiry import Credential, ExpiryWatch, app_credentials, certificate_not_after
@@ -23,6 +24,9 @@ from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, d
                                rebuild_registry)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
 from sylkpush.remote_log import RemoteLogger
+from sylkpush.tokens import make_store
+from sylkpush.v2 import resources as v2_resources
+from sylkpush.v2.metrics import TokenMetrics
 from sylkpush.web import ConnectionTracker, make_site
 
 log = logging.getLogger(__name__)
@@ -105,8 +109,9 @@ class PushServer(service.Service):
                            certificate_not_after(self._certificate.original))] if self._certificate else [])
         self.expiry = ExpiryWatch(lambda: app_credentials(self.registry) + own, reactor)
         self.dispatcher = Dispatcher(lambda: self.registry, reactor)
+        self.api_keys = ApiKeys.from_file(settings.path(settings.keys_file)) if settings.keys_file else None
         self.site: Site = make_site(self.dispatcher, settings.allowed_hosts,
-                                    lambda: self.settings.return_async)
+                                    lambda: self.settings.return_async, self.api_keys)
         self.push_resource = self.site.resource.children[b"push"]
         self.connections = ConnectionTracker(self.site)
         self.connections.noisy = False
@@ -114,7 +119,12 @@ class PushServer(service.Service):
         self.remote_log = RemoteLogger(reactor, debug=settings.debug)
         self.dispatcher.observers += [self.metrics.observe, self.remote_log.observe]
         self.dispatcher.refusal_observers.append(self.metrics.refused)
-        self.site.resource.putChild(b"health", HealthResource(lambda: self.registry, self.expiry))
+        self.tokens = make_store(settings, reactor)
+        self.v2_resource = v2_resources.mount(self.site, self.tokens, self.dispatcher,
+                                              lambda: self.settings.return_async,
+                                              TokenMetrics(self.metrics.registry, self.tokens.status))
+        self.site.resource.putChild(b"health", HealthResource(lambda: self.registry, self.tokens.status,
+                                                                 self.expiry))
         self.site.resource.putChild(b"metrics", MetricsResource(self.metrics))
         self.metrics.registry.register(self.expiry)
         self.watcher = FileWatcher(settings.path(settings.applications_file), self.reload, reactor,
@@ -145,6 +155,10 @@ class PushServer(service.Service):
             if app.client is not None:  # the others were reported as disabled
                 log.info("application %s (%s) ready", app.label, app.config.app_type)
         self.registry.start()
+        self.tokens.open().addErrback(lambda failure: log.error(
+            "the v2 API answers 503 until the token storage can be used: %s", failure.getErrorMessage()))
+        if self.api_keys is not None:
+            log.info("API keys required on /push and /v2: %s", ", ".join(self.api_keys.names))
         self.port = self.listen()
         self.remote_log.server_ip = self.port.getHost().host
         if self.remote_log.server_ip in ("0.0.0.0", "::"):
@@ -165,6 +179,23 @@ class PushServer(service.Service):
     def _reload_on_signal(self) -> None:
         log.info("SIGHUP: reloading %s", self.watcher.path)
         self.reload()
+        self.reload_keys()
+
+    def reload_keys(self) -> "Deferred[bool]":
+        """Read keys_file again (in a thread); fires True when its keys are in force."""
+        if self.api_keys is None:
+            return defer.succeed(False)
+        keys: ApiKeys = self.api_keys
+
+        def loaded(new: Any) -> bool:
+            keys.replace(new)
+            log.info("API keys reloaded from %s: %s", keys.path, ", ".join(keys.names))
+            return True
+
+        def failed(failure: Any) -> bool:
+            log.error("reload: %s; the previous API keys stay in force", failure.getErrorMessage())
+            return False
+        return deferToThread(read_keys, keys.path).addCallbacks(loaded, failed)
 
     def reload(self) -> "Deferred[bool]":
         """Re-read applications.ini and swap in the new applications.
@@ -262,7 +293,7 @@ class PushServer(service.Service):
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
-        self.push_resource.closing = True
+        self.push_resource.closing = self.v2_resource.closing = True
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
@@ -270,9 +301,13 @@ class PushServer(service.Service):
             log.info("waiting up to %g s for %d pushes in flight", self.drain_timeout, self.dispatcher.in_flight)
             drained = yield within(self.dispatcher.wait_idle(), self.drain_timeout, self.reactor)
             if not drained:
-                count = self.push_resource.answer_waiting(
-                    503, f"the server is shutting down and the push did not finish within {self.drain_timeout:g} s")
+                description = (f"the server is shutting down and the push did not finish within "
+                               f"{self.drain_timeout:g} s")
+                count = (self.push_resource.answer_waiting(503, description)
+                         + self.v2_resource.answer_waiting(503, description))
                 log.warning("drain deadline passed: %d waiting callers answered 503", count)
+        # registrations still being written are finished and answered
+        yield within(self.tokens.close(), STOP_GRACE, self.reactor)
         closed = yield within(self.connections.close_all(), STOP_GRACE, self.reactor)
         if not closed:
             log.warning("%d API connections still open after %g s", len(self.connections.protocols), STOP_GRACE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.protocols.policies import WrappingFactory
@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from sylkpush import __version__
+from sylkpush.api_keys import ApiKeys
 from sylkpush.dispatch import Answer, ApiError, Dispatcher
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ MAX_BODY = 64 * 1024
 
 
 def write_json(request: server.Request, code: int, description: str,
-               data: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> bytes:
+               data: Optional[Union[Dict[str, Any], List[Any]]] = None,
+               extra: Optional[Dict[str, Any]] = None) -> bytes:
     """Set status and headers of ``request``; the JSON body to return
     (``extra``: more keys beside code, description and data)."""
     request.setResponseCode(code)
@@ -98,6 +100,12 @@ class Forbidden(JsonResource):
         return write_json(request, 403, "access denied by access list")
 
 
+class Unauthorized(JsonResource):
+    def render(self, request: server.Request) -> bytes:
+        request.setHeader(b"www-authenticate", b'Bearer realm="sylk-pushserver"')
+        return write_json(request, 401, "authorization required")
+
+
 class Welcome(JsonResource):
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -109,13 +117,23 @@ def client_address(request: server.Request) -> str:
     return getattr(address, "host", str(address))
 
 
-class PushResource(JsonResource):
-    """``POST /push``: one wake-up request in, one push result out."""
+def caller(request: server.Request) -> str:
+    """Who sent ``request``, for the logs: its address, and the name of its API key."""
+    name = getattr(request, "api_key_name", None)
+    return f"{client_address(request)} key {name}" if name else client_address(request)
 
-    def __init__(self, dispatcher: Dispatcher, return_async: Callable[[], bool]) -> None:
+
+class AnsweringResource(JsonResource):
+    """A leaf that answers once the work of a request is done.
+
+    New requests are refused 503 while the server shuts down
+    (:attr:`closing`), and the callers still waiting at the drain deadline
+    can all be answered at once (:meth:`answer_waiting`).
+    """
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
         super().__init__()
         self.dispatcher = dispatcher
-        self.return_async = return_async
         #: set when the server shuts down: new requests are answered 503
         self.closing = False
         #: the answer function of every caller still waiting, by request
@@ -133,17 +151,60 @@ class PushResource(JsonResource):
         self.dispatcher.refused(code)
         return write_json(request, code, description, data)
 
-    def render_POST(self, request: server.Request) -> Any:
+    def read_body(self, request: server.Request) -> Any:
+        """The request's decoded JSON body; ApiError when there is none to use."""
         if self.closing:
-            return self._refuse(request, 503, "the server is shutting down")
+            raise ApiError(503, "the server is shutting down")
         if getattr(request, "body_too_large", False):
-            return self._refuse(request, 413, f"request body is larger than {MAX_BODY} bytes")
+            raise ApiError(413, f"request body is larger than {MAX_BODY} bytes")
         raw = request.content.read()
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            return self._refuse(request, 400, f"request body is not valid JSON: {exc}")
-        address = client_address(request)
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+    def answer_later(self, request: server.Request, work: "Deferred[Answer]", request_id: str) -> Any:
+        """Answer ``request`` when ``work`` fires (for :meth:`render`)."""
+        gone = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def answer(result: Answer) -> None:
+            self.waiting.pop(request, None)
+            if request.finished:  # answered at the drain deadline already
+                return
+            if gone:
+                log.info("%s: caller went away before the answer %s", request_id, result.code)
+                return
+            request.write(write_json(request, result.code, result.description, result.data))
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            self._unexpected(failure, request_id)
+            answer(Answer(500, "internal server error", {}))
+
+        if not work.called:
+            self.waiting[request] = answer
+        work.addCallbacks(answer, failed)
+        return server.NOT_DONE_YET
+
+    @staticmethod
+    def _unexpected(failure: Failure, request_id: str) -> None:
+        log.error("%s: unexpected error: %s", request_id, failure.getTraceback())
+
+
+class PushResource(AnsweringResource):
+    """``POST /push``: one wake-up request in, one push result out."""
+
+    def __init__(self, dispatcher: Dispatcher, return_async: Callable[[], bool]) -> None:
+        super().__init__(dispatcher)
+        self.return_async = return_async
+
+    def render_POST(self, request: server.Request) -> Any:
+        try:
+            body = self.read_body(request)
+        except ApiError as exc:
+            return self._refuse(request, exc.code, exc.description, exc.data)
+        address = caller(request)
         try:
             prepared = self.dispatcher.prepare(body, address)
         except ApiError as exc:
@@ -153,40 +214,20 @@ class PushResource(JsonResource):
         if not self.return_async():
             delivery.addErrback(self._unexpected, prepared.request_id)
             return write_json(request, 202, "accepted for delivery")
-
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(result: Answer) -> None:
-            self.waiting.pop(request, None)
-            if request.finished:  # answered at the drain deadline already
-                return
-            if gone:
-                log.info("%s: caller went away before the answer %s", prepared.request_id, result.code)
-                return
-            request.write(write_json(request, result.code, result.description, result.data))
-            request.finish()
-
-        def failed(failure: Failure) -> None:
-            self._unexpected(failure, prepared.request_id)
-            answer(Answer(500, "internal server error", {}))
-
-        if not delivery.called:
-            self.waiting[request] = answer
-        delivery.addCallbacks(answer, failed)
-        return server.NOT_DONE_YET
-
-    @staticmethod
-    def _unexpected(failure: Failure, request_id: str) -> None:
-        log.error("%s: unexpected error: %s", request_id, failure.getTraceback())
+        return self.answer_later(request, delivery, prepared.request_id)
 
 
 class Root(resource.Resource):
-    """Routes by path and applies ``allowed_hosts`` before anything else."""
+    """Routes by path and applies ``allowed_hosts`` before anything else,
+    then the API keys (when configured) to the paths that push or store."""
 
-    def __init__(self, allowed: Sequence[Any] = ()) -> None:
+    #: the paths that need an API key when keys are configured
+    protected = frozenset({b"push", b"v2"})
+
+    def __init__(self, allowed: Sequence[Any] = (), keys: Optional[ApiKeys] = None) -> None:
         super().__init__()
         self.allowed = tuple(allowed)
+        self.keys = keys
         self.welcome = Welcome()
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.IResource:
@@ -197,6 +238,13 @@ class Root(resource.Resource):
         child = self.children.get(path)
         if child is None or (request.postpath and child.isLeaf and request.postpath != [b""]):
             return NotFound()
+        if self.keys is not None and path in self.protected:
+            name = self.keys.authenticate(request.getHeader(b"authorization"))
+            if name is None:
+                log.info("refused request from %s to /%s: 401 no valid API key", client_address(request),
+                         path.decode("ascii", "replace"))
+                return Unauthorized()
+            request.api_key_name = name
         return child
 
     def _allowed(self, host: str) -> bool:
@@ -252,9 +300,9 @@ class ConnectionTracker(WrappingFactory):
 
 
 def make_site(dispatcher: Dispatcher, allowed: Sequence[Any] = (),
-              return_async: Callable[[], bool] = lambda: True) -> server.Site:
+              return_async: Callable[[], bool] = lambda: True, keys: Optional[ApiKeys] = None) -> server.Site:
     """The API's Site: /, /push; more routes are added with ``site.resource.putChild``."""
-    root = Root(allowed)
+    root = Root(allowed, keys)
     root.putChild(b"push", PushResource(dispatcher, return_async))
     site = ApiSite(root)
     site.requestFactory = ApiRequest

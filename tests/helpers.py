@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -92,6 +93,8 @@ def start_server(testcase: Any, applications: str, general: str = "",
     """
     directory = make_config_dir(applications, general)
     settings = load_settings(directory, host="127.0.0.1", port=0)
+    if "spool_dir" not in general:  # never the system's /var/spool
+        settings = dataclasses.replace(settings, spool_dir=os.path.join(directory, "spool"))
     if find_client is not None:  # None: the real push-service clients
         options["find_client"] = find_client
     server = PushServer(settings, reactor, **options)
@@ -102,14 +105,8 @@ def start_server(testcase: Any, applications: str, general: str = "",
     return server, f"{scheme}://127.0.0.1:{address.port}"
 
 
-def wakeup(**overrides: Any) -> Dict[str, Any]:
-    """A valid sylk incoming call for com.example.sylk on Apple."""
-    body = {
-        "app-id": "com.example.sylk", "platform": "apple", "token": "a1b2c3d4",
-        "device-id": "dev-1", "call-id": "call-1@example.com", "from": "alice@example.com",
-        "from-display-name": "Alice", "to": "bob@example.com", "media-type": "audio",
-        "event": "incoming_session", "silent": True,
-    }
+def overridden(body: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+    """``body`` with ``overrides`` (``_`` in names meaning ``-``; None removes the key)."""
     for key, value in overrides.items():
         key = key.replace("_", "-")
         if value is None:
@@ -119,12 +116,33 @@ def wakeup(**overrides: Any) -> Dict[str, Any]:
     return body
 
 
+def wakeup(**overrides: Any) -> Dict[str, Any]:
+    """A valid sylk incoming call for com.example.sylk on Apple."""
+    return overridden({
+        "app-id": "com.example.sylk", "platform": "apple", "token": "a1b2c3d4",
+        "device-id": "dev-1", "call-id": "call-1@example.com", "from": "alice@example.com",
+        "from-display-name": "Alice", "to": "bob@example.com", "media-type": "audio",
+        "event": "incoming_session", "silent": True,
+    }, overrides)
+
+
+def keys_file(*lines: str) -> str:
+    """A file of API keys (``name key`` lines) for ``[api] keys_file``; its path."""
+    path = os.path.join(tempfile.mkdtemp(prefix="sylkpush-keys-"), "api-keys")
+    with open(path, "w") as stream:
+        stream.write("".join(line + "\n" for line in lines))
+    return path
+
+
 @defer.inlineCallbacks
-def post(url: str, body: Any, raw: Optional[bytes] = None, method: str = "POST", **kwargs: Any):
-    """Send a request; returns (status, parsed JSON or text, response)."""
+def post(url: str, body: Any, raw: Optional[bytes] = None, method: str = "POST",
+         headers: Optional[Dict[bytes, List[bytes]]] = None, **kwargs: Any):
+    """Send a request (``headers`` added to its JSON content type); returns
+    (status, parsed JSON or text, response)."""
     data = raw if raw is not None else json.dumps(body).encode("utf-8")
-    response = yield treq.request(method, url, data=data if method == "POST" else None,
-                                  headers={b"content-type": [b"application/json"]}, persistent=False, **kwargs)
+    response = yield treq.request(method, url, data=data if method not in ("GET", "HEAD") else None,
+                                  headers={b"content-type": [b"application/json"], **(headers or {})},
+                                  persistent=False, **kwargs)
     content = yield response.content()
     try:
         parsed = json.loads(content)

@@ -33,4 +33,35 @@ class ApiDescriptionTests(unittest.TestCase):
         self.assertEqual(set(self.wakeup["required"]), {"app-id", "platform", "token", "call-id", "from", "to"})
 
     def test_routes(self):
-        self.assertEqual(set(self.doc["paths"]), {"/", "/push", "/health", "/metrics"})
+        self.assertEqual(set(self.doc["paths"]), {"/", "/push", "/health", "/metrics", "/v2/tokens/{account}",
+                                                  "/v2/tokens/{account}/push",
+                                                  "/v2/tokens/{account}/push/{device-id}"})
+        self.assertEqual(set(self.doc["paths"]["/v2/tokens/{account}"]), {"parameters", "post", "delete"})
+
+    def test_v2_bodies_match_the_parsers(self):
+        from sylkpush.tokens import Device
+        from sylkpush.v2.account_push import device_fields
+        from sylkpush.v2.registration import REGISTRATION_FIELDS, REMOVAL_FIELDS, registration_data
+        schemas = self.doc["components"]["schemas"]
+        self.assertEqual(set(schemas["Registration"]["properties"]), set(REGISTRATION_FIELDS))
+        self.assertEqual(set(schemas["Registration"]["properties"]["platform"]["enum"]), set(PLATFORM_ALIASES))
+        self.assertEqual(set(schemas["Removal"]["properties"]), set(REMOVAL_FIELDS))
+        stored = registration_data(Device("u", "d", "dev", "app", "t", None, "apple", True, None))
+        self.assertEqual(set(schemas["StoredDevice"]["properties"]), set(stored))
+        # a push to an account: the /push fields, less those each device supplies
+        supplied = set(device_fields(Device("u", "d", "dev", "app", "t", None, "apple", True, None), "t"))
+        self.assertEqual(set(schemas["AccountPush"]["properties"]), set(self.wakeup["properties"]) - supplied)
+        self.assertEqual(set(schemas["AccountPush"]["required"]), set(self.wakeup["required"]) - supplied)
+        self.assertEqual(schemas["PushResult"],
+                         self.doc["paths"]["/push"]["post"]["responses"]["200"]["content"]["application/json"]
+                         ["schema"]["properties"]["data"])
+
+    def test_every_operation_that_pushes_or_stores_takes_a_key(self):
+        from sylkpush.web import Root
+        for path, operations in self.doc["paths"].items():
+            for method, operation in operations.items():
+                if method == "parameters":
+                    continue
+                protected = path.split("/")[1].encode() in Root.protected
+                self.assertEqual("401" in operation["responses"], protected, (path, method))
+                self.assertEqual(operation.get("security"), [{}, {"apiKey": []}] if protected else None)

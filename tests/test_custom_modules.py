@@ -3,6 +3,7 @@ using the shipped templates config/applications/myapp.py and config/pns/mypns.py
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -80,7 +81,8 @@ class CustomModuleTests(unittest.TestCase):
         self.fake_url = f"http://127.0.0.1:{port.getHost().port}/send"
 
     def start(self, directory, find_client=default_client_class):
-        settings = load_settings(directory, host="127.0.0.1", port=0)
+        settings = dataclasses.replace(load_settings(directory, host="127.0.0.1", port=0),
+                                       spool_dir=os.path.join(directory, "spool"))
         push_server = PushServer(settings, reactor, find_client=find_client)
         push_server.startService()
         self.addCleanup(push_server.stopService)

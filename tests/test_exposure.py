@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from sylkpush.config import load_settings
 from sylkpush.exposure import is_loopback, open_access_warning
 from sylkpush.service import PushServer
-from tests.helpers import SYLK_APPLE, make_config_dir, recording_client_class
+from tests.helpers import SYLK_APPLE, keys_file, make_config_dir, recording_client_class
 
 
 def settings_with(general=""):
@@ -33,6 +33,8 @@ class ExposureTests(unittest.TestCase):
         self.assertIsNone(open_access_warning(open_settings, "127.0.0.1", 8400))
         restricted = settings_with("[server]\nallowed_hosts = 10.0.0.0/8\n")
         self.assertIsNone(open_access_warning(restricted, "0.0.0.0", 8400))
+        keyed = settings_with(f"[api]\nkeys_file = {keys_file('proxy 0123456789abcdef0123')}\n")
+        self.assertIsNone(open_access_warning(keyed, "0.0.0.0", 8400))
 
     def warnings_at_listen(self, general):
         """The WARNING lines a server logs when it opens its port (in memory: nothing is bound)."""

@@ -71,7 +71,7 @@ class HealthTests(unittest.TestCase):
         code, body, _ = yield post(self.url + "/health", None, method="GET")
         self.assertEqual((code, body["code"]), (503, 503))
         self.assertEqual(body["description"], "no application can deliver")
-        self.assertEqual(set(body["data"]), {"apple/com.example.sylk", "firebase/com.example.sylk"})
+        self.assertEqual(set(body["data"]), {"apple/com.example.sylk", "firebase/com.example.sylk", "token-storage"})
 
     @defer.inlineCallbacks
     def test_failing_status_is_down_not_500(self):

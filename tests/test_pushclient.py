@@ -20,7 +20,7 @@ from twisted.trial import unittest
 from sylkpush.dispatch import CALL_DEADLINE, OTHER_DEADLINE
 from sylkpush.notification import CALL_MEDIA, PLATFORM_ALIASES
 from sylkpush.pns.base import PushResult
-from tests.helpers import SYLK_APPLE, SYLK_FIREBASE, RecordingClient, start_server
+from tests.helpers import SYLK_APPLE, SYLK_FIREBASE, RecordingClient, keys_file, start_server
 from tests.test_remote_log import free_port
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "sylk-pushclient")
@@ -198,6 +198,20 @@ class AcceptedTests(unittest.TestCase):
                                    "--token", "t", "--callid", "c", "--from", "a", "--to", "b")
         self.assertEqual(code, 0, err)
         self.assertEqual(answer_of(out)["code"], 202)
+
+
+class ApiKeyTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def test_key_from_the_environment(self):
+        _, base = start_server(self, SYLK_APPLE, f"[api]\nkeys_file = {keys_file('proxy 0123456789abcdef0123')}\n")
+        args = [SCRIPT, "--url", base + "/push", "--platform", "ios", "--appid", "com.example.sylk",
+                "--token", "t", "--callid", "c", "--from", "a", "--to", "b"]
+        out, _, code = yield run(*args[1:])
+        self.assertEqual((code, answer_of(out)["code"]), (1, 401))
+        out, _, code = yield utils.getProcessOutputAndValue(
+            sys.executable, args, env=dict(os.environ, SYLK_PUSHSERVER_API_KEY="0123456789abcdef0123"))
+        self.assertEqual((code, answer_of(out)["code"]), (0, 200))
 
 
 class ScriptRulesTests(unittest.TestCase):

@@ -73,28 +73,35 @@ class ServerProcess(protocol.ProcessProtocol):
         self.ended.callback(reason.value.exitCode)
 
 
+def spawn_daemon(testcase: unittest.TestCase, directory: str, *options: str):
+    """``./sylk-pushserver --config_dir directory --no-fork *options`` as a child process,
+    killed at the test's cleanup if still running; (ServerProcess, transport)."""
+    process = ServerProcess()
+    args = [sys.executable, os.path.join(ROOT, "sylk-pushserver"), "--config_dir", directory, "--no-fork",
+            "--ip", "127.0.0.1", *options]
+    transport = reactor.spawnProcess(process, sys.executable, args, env=dict(os.environ), path=ROOT)
+
+    def kill_if_running():
+        if not process.ended.called:
+            transport.signalProcess("KILL")
+            return process.ended
+    testcase.addCleanup(kill_if_running)
+    return process, transport
+
+
 class ShutdownTests(unittest.TestCase):
 
     timeout = 30
 
     @defer.inlineCallbacks
     def start(self, delay, drain_timeout):
-        directory = make_config_dir(slow_app(delay))
+        directory = make_config_dir(slow_app(delay), "[server]\nspool_dir = spool\n")
         os.mkdir(os.path.join(directory, "applications"))
         shutil.copy(os.path.join(ROOT, "config", "applications", "myapp.py"), os.path.join(directory, "applications"))
         os.mkdir(os.path.join(directory, "pns"))
         with open(os.path.join(directory, "pns", "mypns.py"), "w") as stream:
             stream.write(SLOW_PNS)
-        process = ServerProcess()
-        args = [sys.executable, os.path.join(ROOT, "sylk-pushserver"), "--config_dir", directory,
-                "--no-fork", "--ip", "127.0.0.1", "--port", "0", "--drain_timeout", str(drain_timeout)]
-        transport = reactor.spawnProcess(process, sys.executable, args, env=dict(os.environ), path=ROOT)
-
-        def kill_if_running():
-            if not process.ended.called:
-                transport.signalProcess("KILL")
-                return process.ended
-        self.addCleanup(kill_if_running)
+        process, transport = spawn_daemon(self, directory, "--port", "0", "--drain_timeout", str(drain_timeout))
         port = yield process.listening
         return process, transport, f"http://127.0.0.1:{port}"
 

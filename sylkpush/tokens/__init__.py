@@ -1,0 +1,23 @@
+"""Token storage of the v2 API: the interface and the stores behind it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sylkpush.config import Settings
+from sylkpush.tokens.base import (Device, StorageError, StorageUnavailable, TokenStore, normalize_device_id,
+                                  split_account, split_token)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Device", "StorageError", "StorageUnavailable", "TokenStore", "make_store", "normalize_device_id",
+           "split_account", "split_token"]
+
+
+def make_store(settings: Settings, reactor: Any) -> TokenStore:
+    """The store general.ini asks for, not opened yet."""
+    from sylkpush.tokens.sqlite import SQLiteTokenStore
+    if settings.cassandra.contact_points:
+        log.warning("[Cassandra] is configured, but this version keeps tokens in spool_dir only")
+    return SQLiteTokenStore(settings.path(settings.spool_dir), reactor)
