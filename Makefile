@@ -4,6 +4,8 @@
 #   make test-debian   run the suite on Debian 12's packaged libraries (/usr/bin/python3)
 #   make bench  throughput, added latency and memory against the fakes (installs wrk; PROFILE=1: py-spy)
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
+#   make sip-deps   Kamailio and SIPp, for the test that drives config/kamailio.cfg
+#   make deb    build the Debian package into ../
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,9 +14,11 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := python3-twisted python3-treq python3-h2 python3-jwt python3-google-auth \
 	python3-openssl python3-service-identity python3-systemd python3-prometheus-client \
 	python3-hypothesis
+# what tests/test_kamailio.py needs (it is skipped without them)
+SIP_PACKAGES := kamailio kamailio-utils-modules kamailio-extra-modules sip-tester
 TESTS ?= tests
 
-.PHONY: run test test-debian debian-deps bench soak clean
+.PHONY: run test test-debian debian-deps sip-deps deb bench soak clean
 
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +35,10 @@ test: $(STAMP)
 debian-deps:
 	@dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); }
+
+sip-deps:
+	@dpkg -s $(SIP_PACKAGES) >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SIP_PACKAGES); }
 
 test-debian: debian-deps
 	PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(TESTS)
