@@ -154,7 +154,7 @@ class KamailioSippTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_call_then_cancel_wake_the_device(self):
         yield self.register()
-        yield self.sipp("call-cancel.xml", callee="bob", reason=REASON)
+        yield self.sipp("call-cancel.xml", callee="bob", reason=REASON, media="audio")
         call, cancel = yield self.delivered(2)
 
         self.assertEqual((call.token, call.auth), (TOKEN, "certificate"))
@@ -174,10 +174,17 @@ class KamailioSippTests(unittest.TestCase):
         yield self.kamailio.wait_for(rb"push: cancel for sip:bob@example.com \(" + CALL_ID.encode() + rb"\) delivered")
 
     @defer.inlineCallbacks
+    def test_video_offer_is_a_video_call(self):
+        yield self.register()
+        yield self.sipp("call-cancel.xml", callee="bob", reason=REASON, media="video")
+        call, _ = yield self.delivered(2)
+        self.assertEqual(call.payload["media-type"], "video")
+
+    @defer.inlineCallbacks
     def test_token_refused_with_410_removes_the_contact(self):
         self.fake.answer_token(TOKEN, 410, "Unregistered")
         yield self.register()
-        yield self.sipp("call-cancel.xml", callee="bob", reason=REASON)
+        yield self.sipp("call-cancel.xml", callee="bob", reason=REASON, media="audio")
         yield self.kamailio.wait_for(rb"token no longer valid, contact removed")
         # bob has no contact left: the next call is answered 404
         yield self.sipp("call-not-found.xml", callee="bob")
