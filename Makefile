@@ -5,7 +5,7 @@
 #   make bench  throughput, added latency and memory against the fakes (installs wrk; PROFILE=1: py-spy)
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 #   make sip-deps   Kamailio and SIPp, for the test that drives config/kamailio.cfg
-#   make deb    build the Debian package into ../
+#   make deb    build the Debian package (source and binary) into build/deb, then lintian
 
 PYTHON ?= python3
 VENV := .venv
@@ -42,6 +42,18 @@ sip-deps:
 
 test-debian: debian-deps
 	PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(TESTS)
+
+# from a copy of the checkout (uncommitted changes to tracked files included),
+# so that the build never writes next to the worktree
+DEB_DIR := build/deb
+
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	tree=$$(git stash create); git archive --format=tar $${tree:-HEAD} | tar -x -C $(DEB_DIR)/src
+	@cd $(DEB_DIR)/src && dpkg-checkbuilddeps >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq ./; }
+	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc
+	lintian -I --pedantic --fail-on error,warning $(DEB_DIR)/*.changes
 
 # make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase PROFILE=1
 DURATION ?= 10
