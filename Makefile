@@ -36,9 +36,12 @@ debian-deps:
 	@dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); }
 
+# the tests run their own Kamailio on loopback: the packaged service, which
+# the installation starts where systemd runs, would listen on every interface
 sip-deps:
 	@dpkg -s $(SIP_PACKAGES) >/dev/null 2>&1 || { \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SIP_PACKAGES); }
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SIP_PACKAGES) && \
+	  if [ -d /run/systemd/system ]; then systemctl disable --now kamailio.service; fi; }
 
 test-debian: debian-deps
 	PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(TESTS)
