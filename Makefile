@@ -7,6 +7,8 @@
 #   make bench  throughput, added latency and memory against the fakes, and v2 registrations and
 #               account pushes per second (installs wrk; PROFILE=1: py-spy)
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
+#   make sip-deps   Kamailio and SIPp, for the test that drives config/kamailio.cfg
+#   make deb    build the Debian package (source and binary) into build/deb, then lintian
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,9 +17,11 @@ STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := python3-twisted python3-treq python3-h2 python3-jwt python3-google-auth \
 	python3-openssl python3-service-identity python3-systemd python3-prometheus-client \
 	python3-hypothesis python3-cassandra
+# what tests/test_kamailio.py needs (it is skipped without them)
+SIP_PACKAGES := kamailio kamailio-utils-modules kamailio-extra-modules sip-tester
 TESTS ?= tests
 
-.PHONY: run test test-debian debian-deps cassandra-deps test-cassandra bench soak clean
+.PHONY: run test test-debian debian-deps sip-deps cassandra-deps test-cassandra deb bench soak clean
 
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +47,13 @@ debian-deps:
 	@dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES); }
 
+# the tests run their own Kamailio on loopback: the packaged service, which
+# the installation starts where systemd runs, would listen on every interface
+sip-deps:
+	@dpkg -s $(SIP_PACKAGES) >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SIP_PACKAGES) && \
+	  if [ -d /run/systemd/system ]; then systemctl disable --now kamailio.service; fi; }
+
 test-debian: debian-deps
 	PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(TESTS)
 
@@ -61,6 +72,18 @@ test-cassandra: $(STAMP) debian-deps cassandra-deps
 	  PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(CASSANDRA_TESTS); debian=$$?; \
 	  echo "Cassandra tests: PyPI floor exit $$pypi; Debian 12 floor exit $$debian"; \
 	  [ $$pypi = 0 ] && [ $$debian = 0 ]'
+
+# from a copy of the checkout (uncommitted changes to tracked files included),
+# so that the build never writes next to the worktree
+DEB_DIR := build/deb
+
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	tree=$$(git stash create); git archive --format=tar $${tree:-HEAD} | tar -x -C $(DEB_DIR)/src
+	@cd $(DEB_DIR)/src && dpkg-checkbuilddeps >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -qq ./; }
+	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc
+	lintian -I --pedantic --fail-on error,warning $(DEB_DIR)/*.changes
 
 # make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase PROFILE=1
 DURATION ?= 10

@@ -26,7 +26,7 @@ setup(
     version=version,
     description="Mobile push notifications (Apple APNs, Firebase FCM) for RTC infrastructures",
     author="AG Projects",
-    license="GPLv3",
+    license="GPL-3.0-or-later",
     url="http://sylkserver.com",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
@@ -45,7 +45,7 @@ setup(
     ],
     extras_require={"journal": ["systemd-python"]},
     classifiers=[
-        "License :: OSI Approved :: GNU General Public License v3 (GPLv3)",
+        "License :: OSI Approved :: GNU General Public License v3 or later (GPLv3+)",
         "Programming Language :: Python :: 3",
         "Framework :: Twisted",
     ],

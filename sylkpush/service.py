@@ -150,7 +150,9 @@ class PushServer(service.Service):
             log.warning("%s", warning)
         self.registry = self.load_registry()
         if not len(self.registry):
-            log.warning("no application is configured: every push will be answered 404")
+            log.warning("no application is configured in %s: every push will be answered 404 until "
+                        "it has a section for each mobile application",
+                        self.settings.path(self.settings.applications_file))
         for app in self.registry:
             if app.client is not None:  # the others were reported as disabled
                 log.info("application %s (%s) ready", app.label, app.config.app_type)

@@ -21,7 +21,7 @@ def uncommented(path):
     """A sample file with its ``;key = value`` examples made live."""
     text = open(path).read()
     parser = configparser.ConfigParser(interpolation=None, strict=False)
-    parser.read_string(re.sub(r"(?m)^;\s*(\w+\s*=)", r"\1", text))
+    parser.read_string(re.sub(r"(?m)^;\s*(\[|\w+\s*=)", r"\1", text))
     return parser
 
 
