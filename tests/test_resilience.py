@@ -291,10 +291,10 @@ class FirebaseResilienceTests(CommonFaultTests, unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        from sylkpush.pns import firebase
+        from sylkpush.pns.firebase import FirebaseClient
         from tests.firebase_helpers import service_key
-        self.patch(firebase, "RETRY_INITIAL", 0.01)
-        self.patch(firebase, "RETRY_CAP", 0.05)
+        self.patch(FirebaseClient, "retry_initial", 0.01)
+        self.patch(FirebaseClient, "retry_max", 0.05)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         self.fake = FakeFCM(reactor, directory, delay=0.002, service_key=service_key())
