@@ -141,3 +141,53 @@ class ShutdownTests(unittest.TestCase):
         self.assertEqual(exit_code, 0, process.output.decode())
         self.assertIn(b"drain deadline of 0.5 s passed: 0 pushes answered 503 (not sent), 5 answered 504",
                       process.output)
+
+
+class DrainAnswerTests(unittest.TestCase):
+    """At the drain deadline the real Apple client tells "not sent" (503, safe
+    to send again) from "sent, no answer" (504): a proxy that retries on 503
+    must never ring a phone twice."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def start(self, fake_delay):
+        from sylkpush.testing.fake_apns import FakeAPNs
+        from tests.helpers import start_server
+        from tests.test_resilience import wait_until
+        self.fake = FakeAPNs(reactor, directory=os.path.abspath(self.mktemp()), delay=fake_delay)
+        yield self.fake.start()
+        self.addCleanup(self.fake.stop)
+        self.server, url = start_server(self, self.fake.applications_ini("com.example.sylk"), find_client=None,
+                                        drain_timeout=0.5)
+        [app] = list(self.server.registry)
+        yield wait_until(lambda: app.client.status()["state"] == "connected")
+        return url + "/push", app.client
+
+    @defer.inlineCallbacks
+    def test_push_written_and_unanswered_gets_504(self):
+        from tests.test_resilience import wait_until
+        url, client = yield self.start(fake_delay=3.0)
+        answer = post(url, wakeup(token="0a1b2c3d" * 8))
+        yield wait_until(lambda: self.fake.requests_received == 1)
+        yield self.server.stopService()
+        code, body, _ = yield answer
+        self.assertEqual(code, 504)
+        self.assertEqual(body["description"],
+                         "push notification failed: sent, no answer from the push service before shutdown")
+        self.assertEqual(client.status()["in_flight"], 0)
+
+    @defer.inlineCallbacks
+    def test_push_never_sent_gets_503(self):
+        from tests.test_resilience import wait_until
+        url, client = yield self.start(fake_delay=0)
+        yield self.fake.stop()
+        yield wait_until(lambda: client.status()["state"] != "connected")
+        answer = post(url, wakeup(token="0a1b2c3d" * 8))
+        yield wait_until(lambda: client.status()["queued"] == 1)
+        yield self.server.stopService()
+        code, body, _ = yield answer
+        self.assertEqual(code, 503)
+        self.assertTrue(body["description"].startswith("push notification failed: not sent before shutdown"),
+                        body["description"])
+        self.assertEqual(self.fake.requests_received, 0)
