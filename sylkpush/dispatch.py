@@ -186,7 +186,7 @@ class Dispatcher:
             self.in_flight += 1
             try:
                 sending = app.client.send(prepared.push)
-                if not app.client.enforces_deadlines:
+                if not getattr(app.client, "enforces_deadlines", False):
                     sending = self._by_deadline(sending, prepared)
                 result = await sending
             except Exception:

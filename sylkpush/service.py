@@ -233,8 +233,11 @@ class PushServer(service.Service):
         """The drain deadline passed: every push still waiting is answered now."""
         codes: Counter = Counter()
         for client in [app.client for app in self.registry if app.client is not None] + self._retiring_clients:
+            answer = getattr(client, "answer_unfinished", None)  # a custom client may not have it
+            if answer is None:
+                continue
             try:
-                codes.update(client.answer_unfinished())
+                codes.update(answer())
             except Exception:
                 log.exception("answering the pushes of %s at shutdown failed", client.app.section)
         # clients that cannot tell whether a push went out leave their callers to us

@@ -129,7 +129,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         process, port, control = start_fake(directory, args.delay, args.auth)
         try:
-            def done(_):
+            def done(result):
+                if hasattr(result, "printTraceback"):
+                    result.printTraceback()
                 reactor.stop()
             reactor.callWhenRunning(lambda: run(args, port, directory, control).addBoth(done))
             reactor.run()

@@ -23,7 +23,7 @@ from h2.events import ConnectionTerminated, DataReceived, RequestReceived, Strea
 from h2.settings import SettingCodes, Settings
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
