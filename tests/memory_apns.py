@@ -234,6 +234,9 @@ class MemoryNetwork:
         self.delivered_paths: List[str] = []
         self.received = 0
         self.max_open = 0
+        #: what the push service's name resolves to (None: 127.0.0.1 and the app's port)
+        self.addresses: Optional[List[IPv4Address]] = None
+        self.resolved = 0
 
     def endpoint(self, address: Optional[IPv4Address] = None) -> _Endpoint:
         return _Endpoint(self, address or IPv4Address("TCP", "127.0.0.1", 443))
@@ -263,7 +266,8 @@ class MemoryAppleClient(AppleClient):
         return self.network.endpoint(*address)
 
     def _resolve(self):
-        return succeed([IPv4Address("TCP", "127.0.0.1", self.port)])
+        self.network.resolved += 1
+        return succeed(self.network.addresses or [IPv4Address("TCP", "127.0.0.1", self.port)])
 
 
 _CERTS: Dict[str, Tuple[str, str]] = {}
