@@ -162,14 +162,18 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_take_waiting_leaves_the_bound(self):
-        client = self.client(room=0, queue_limit=2)
+        client = self.client(room=1, queue_limit=3)
+        client.send(push(self.clock, "retrying"))
         client.send(push(self.clock, "a"))
         client.send(push(self.clock, "b"))
+        client.retry(client.attempts[0], "500 InternalServerError")
         taken = client.take_waiting()
-        self.assertEqual([p.push.request_id for p in taken], ["a", "b"])
+        self.assertEqual([p.push.request_id for p in taken], ["a", "b", "retrying"])
+        self.assertEqual(client.counts(), {"queued": 0, "in_flight": 0, "retrying": 0})
         self.assertFalse(client.send(push(self.clock, "c")).called)
         taken[0].answer(PushResult(200, "OK", "u"))  # answered by the successor
         self.assertEqual(client.active, 1)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 3)  # the deadlines of b, retrying and c; no retry timer
 
     def test_attempt_timeout_checked_for_all_attempts_at_once(self):
         client = ScriptedClient(self.clock)

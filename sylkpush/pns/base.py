@@ -73,9 +73,9 @@ class PushClient:
         raise NotImplementedError
 
     def take_waiting(self) -> List[Any]:
-        """Remove the pushes still waiting in this client's queue (none sent
-        yet) and return them as PendingPush objects, for a reload that
-        replaces this client to hand them to its successor."""
+        """Remove the pushes waiting here (queued, or to be tried again) and
+        return them as PendingPush objects, for a reload that replaces this
+        client to hand them to its successor."""
         return []
 
     def stop(self) -> "Deferred[None]":

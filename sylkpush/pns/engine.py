@@ -207,8 +207,15 @@ class DeliveryClient(PushClient):
         """``pending`` waits in the queue (a transport may hurry a reconnect)."""
 
     def take_waiting(self) -> List[PendingPush]:
-        """The pushes still queued here, handed to the client that replaces this one."""
+        """The pushes waiting here (queued, or to be tried again), oldest
+        deadline first among the latter, handed to the client that replaces
+        this one."""
         taken = self.queue.take_all()
+        for pending in sorted(self.retrying, key=lambda p: p.push.deadline):
+            timer = self.retrying.pop(pending)
+            if timer.active():
+                timer.cancel()
+            taken.append(pending)
         for pending in taken:
             pending.state = HANDED_OVER
             self.active -= 1
