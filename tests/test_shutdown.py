@@ -1,4 +1,4 @@
-"""SIGTERM/SIGINT on a real ``./sylk-pushserver`` process (SPEC §10): the port
+"""SIGTERM/SIGINT on a real ``./sylk-pushserver`` process: the port
 closes, pushes in flight are finished (or answered past the drain deadline:
 504 when they were handed to the push service and never answered), and the
 process exits 0."""

@@ -10,7 +10,7 @@ addresses; TLS and the first SETTINGS must come within
 :attr:`AppleClient.handshake_timeout`; a connection that served pushes and is
 closed or says GOAWAY is replaced at once, others after a jittered
 exponential backoff that only an answered push resets.  Pushes go round the
-ready connections; APNs answers are mapped to results here (SPEC §6).
+ready connections; APNs answers are mapped to results here.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ jittered exponential backoff or the service's ``Retry-After``, exactly one
 answer per caller, draining and stopping.
 
 A subclass is a transport.  It says how many attempts it can start now
-(:meth:`~DeliveryClient.capacity`), starts one
-(:meth:`~DeliveryClient.attempt`), sets ``pending.written`` once the request
-is on its way to the push service, and reports how each attempt ended with
-exactly one of:
+(:meth:`~DeliveryClient.capacity`) and calls :meth:`~DeliveryClient.pump`
+when it has room again, starts one (:meth:`~DeliveryClient.attempt`), sets
+``pending.written`` once the request is on its way to the push service, and
+reports how each attempt ended with exactly one of:
 
 - :meth:`~DeliveryClient.finish`: answered, with the caller's final result;
 - :meth:`~DeliveryClient.retry`: answered with a passing failure (5xx, 429...);
@@ -77,7 +77,9 @@ class DeliveryClient(PushClient):
     stop_timeout = 10.0
     #: seconds an attempt may wait for its answer before it is given up as
     #: unknown and tried again; checked for all attempts at once every
-    #: second.  None: the transport watches its attempts itself.
+    #: second.  None: the transport watches its attempts itself.  A
+    #: transport that sets it must ignore what an abandoned attempt reports
+    #: later, but its final answer (see FirebaseClient).
     attempt_timeout: Optional[float] = None
 
     def __init__(self, app: Any, reactor: Any, clock: Any = None,

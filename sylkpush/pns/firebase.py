@@ -1,4 +1,4 @@
-"""Firebase Cloud Messaging client (SPEC §7): HTTP v1 with OAuth2, or the legacy API.
+"""Firebase Cloud Messaging client: HTTP v1 with OAuth2, or the legacy API.
 
 :class:`FirebaseClient` is a transport of the delivery engine
 (:class:`sylkpush.pns.engine.DeliveryClient`, which queues, bounds, times
