@@ -190,3 +190,14 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(answer).code, 200)
         self.assertEqual(self.successResultOf(client.stop()), None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_transport_that_raises_still_answers_once(self):
+        client = self.client()
+
+        def broken(pending):
+            raise RuntimeError("bug")
+        client.attempt = broken
+        result = self.successResultOf(client.send(push(self.clock)))
+        self.assertEqual((result.code, result.reason), (500, "internal error in the Test client"))
+        self.assertEqual((client.active, client.counts()["in_flight"]), (0, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])

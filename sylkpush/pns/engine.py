@@ -322,7 +322,11 @@ class DeliveryClient(PushClient):
         pending.state = IN_FLIGHT
         pending.written = False
         self.in_flight[pending] = self.reactor.seconds()
-        self.attempt(pending)
+        try:
+            self.attempt(pending)
+        except Exception:  # a bug in the transport: its caller still gets one answer, now
+            log.exception("%s: the %s client failed to send", pending.push.request_id, self.name)
+            pending.answer(PushResult(500, f"internal error in the {self.name} client", pending.url))
 
     def _again(self, pending: PendingPush, reason: str, delay: Optional[float], told: bool = False) -> None:
         """The attempt of ``pending`` ended without a final answer."""
