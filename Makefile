@@ -104,12 +104,14 @@ bench: $(STAMP)
 	  $(if $(PROFILE),--profile) $(BENCH_ARGS)
 
 # make soak SOAK_DURATION=120 FAULT_EVERY=3 PLATFORMS=apple,firebase
+# make soak SOAK_ARGS="--fail-all 500"   (APNs answers 500 to everything; callers keep coming)
 SOAK_DURATION ?= 120
 FAULT_EVERY ?= 3
+SOAK_ARGS ?=
 
 soak: $(STAMP)
 	PYTHONPATH=. $(VPY) scripts/soak --duration $(SOAK_DURATION) --fault-every $(FAULT_EVERY) \
-	  --platforms $(PLATFORMS)
+	  --platforms $(PLATFORMS) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp* build dist *.egg-info run tests/cassandra/target

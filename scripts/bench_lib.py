@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from typing import Dict, List, Optional, Tuple
 
@@ -79,14 +80,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def apple_sections(fake: Fake, count: int, prefix: str = "com.example.bench") -> str:
-    """``count`` Apple applications (certificate auth) pointed at ``fake``."""
+def apple_sections(fake: Fake, count: int, prefix: str = "com.example.bench", connections: int = 0) -> str:
+    """``count`` Apple applications (certificate auth) pointed at ``fake``
+    (with ``apple_connections`` when ``connections`` is not 0)."""
     sections = []
+    pool = f"apple_connections = {connections}\n" if connections else ""
     for i in range(count):
         sections.append(
             f"[bench-apple-{i}]\napp_id = {prefix}{i}\napp_type = sylk\napp_platform = apple\n"
             f"apple_push_url = 127.0.0.1:{fake.port}\ntls_ca_file = {fake.directory}/ca.crt\n"
-            f"apple_certificate = {fake.directory}/client.crt\napple_key = {fake.directory}/client.key\n")
+            f"apple_certificate = {fake.directory}/client.crt\napple_key = {fake.directory}/client.key\n{pool}")
     return "\n".join(sections)
 
 
@@ -106,10 +109,10 @@ def firebase_sections(fake: Fake, count: int, prefix: str = "com.example.bench")
     return "\n".join(sections)
 
 
-def write_config(directory: str, port: int, applications: str) -> str:
+def write_config(directory: str, port: int, applications: str, return_async: bool = True) -> str:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "general.ini"), "w") as stream:
-        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = true\nspool_dir = spool\n")
+        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = {str(return_async).lower()}\nspool_dir = spool\n")
     with open(os.path.join(directory, "applications.ini"), "w") as stream:
         stream.write(applications)
     return directory
@@ -167,6 +170,15 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as stream:
         fields = stream.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def get_json(port: int, path: str) -> Dict:
+    """GET a JSON resource of the daemon (whatever its status code)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return json.load(answer)
+    except urllib.error.HTTPError as error:
+        return json.load(error)
 
 
 def raw_request(body: Dict) -> bytes:

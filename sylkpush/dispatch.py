@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from sylkpush.notification import Notification, ValidationError, parse_app_id, parse_notification, parse_platform
 from sylkpush.pns.base import OutgoingPush, PushResult
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 #: retry budgets (SPEC §6): calls and their cancels, everything else
 CALL_DEADLINE = 64.0
 OTHER_DEADLINE = 17 * 60.0
+#: seconds past a push's deadline after which the dispatcher answers for a
+#: client that does not enforce deadlines itself (a custom one, say)
+DEADLINE_GRACE = 1.0
 
 
 class ApiError(Exception):
@@ -191,7 +195,10 @@ class Dispatcher:
         else:
             self.in_flight += 1
             try:
-                result = await app.client.send(prepared.push)
+                sending = app.client.send(prepared.push)
+                if not getattr(app.client, "enforces_deadlines", False):
+                    sending = self._by_deadline(sending, prepared)
+                result = await sending
             except Exception:
                 log.exception("%s: push client failed", prepared.request_id)
                 result = PushResult(500, "internal error in the push service client", "")
@@ -204,6 +211,27 @@ class Dispatcher:
             except Exception:
                 log.exception("%s: result observer %r failed", prepared.request_id, observer)
         return answer_for(prepared, result)
+
+    def _by_deadline(self, sending: "Deferred[PushResult]", prepared: PreparedPush) -> "Deferred[PushResult]":
+        """``sending``'s result, or a 504 once the push's deadline (and a grace) passed."""
+        outcome: Deferred = Deferred()
+        late = max(0.0, prepared.push.deadline - self.reactor.seconds()) + DEADLINE_GRACE
+
+        def expired() -> None:
+            log.warning("%s: the %s client gave no answer within the deadline", prepared.request_id,
+                        prepared.app.label)
+            outcome.callback(PushResult(504, "no answer from the push service client within the deadline", ""))
+        timer = self.reactor.callLater(late, expired)
+
+        def done(result: Any) -> None:
+            if timer.active():
+                timer.cancel()
+                if isinstance(result, Failure):
+                    outcome.errback(result)
+                else:
+                    outcome.callback(result)
+        sending.addBoth(done)
+        return outcome
 
     async def dispatch(self, body: Any, client_address: str) -> Answer:
         """prepare + deliver, with refusals turned into answers."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+from collections import Counter
 from typing import Any, List, Optional
 
 from twisted.application import service
@@ -20,6 +21,7 @@ from sylkpush.expiry import Credential, ExpiryWatch, app_credentials, certificat
 from sylkpush.exposure import open_access_warning
 from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
+from sylkpush.pns.base import UNANSWERED_AT_SHUTDOWN, PushClient
 from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, default_client_class, log_problems,
                                rebuild_registry)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
@@ -31,7 +33,8 @@ from sylkpush.web import ConnectionTracker, make_site
 
 log = logging.getLogger(__name__)
 
-#: seconds a shutdown waits for pushes in flight before answering them 503
+#: seconds a shutdown waits for pushes in flight before answering them itself
+#: (503 for those never sent, 504 for those sent and unanswered)
 DRAIN_TIMEOUT = 10.0
 #: pending connections the kernel holds for us: SIP proxies open many at once
 #: when a burst of calls arrives (Twisted's default is 50)
@@ -135,6 +138,8 @@ class PushServer(service.Service):
         self._reload_again = False
         self._reload_waiters: List[Deferred] = []
         self._retiring: List[Deferred] = []
+        #: clients a reload replaced, until they have stopped
+        self._retiring_clients: List[PushClient] = []
         self._previous_sighup: Any = None
 
     def load_registry(self) -> AppRegistry:
@@ -258,12 +263,32 @@ class PushServer(service.Service):
             stopping.addErrback(lambda failure, c=client: log.error(
                 "stopping the client of %s failed: %s", c.app.section, failure.getErrorMessage()))
             self._retiring.append(stopping)
-            stopping.addBoth(lambda _, d=stopping: self._retiring.remove(d))
+            self._retiring_clients.append(client)
+            stopping.addBoth(lambda _, d=stopping, c=client: (self._retiring.remove(d),
+                                                              self._retiring_clients.remove(c)))
         unchanged = len(rebuild.registry) - len(rebuild.added)
         log.info("applications reloaded: %d active (%d started, %d unchanged), %d retired, %d with problems",
                  len(rebuild.registry), len(rebuild.added), unchanged, len(rebuild.retired),
                  len(rebuild.problems))
         return True
+
+    def _answer_unfinished(self) -> None:
+        """The drain deadline passed: every push still waiting is answered now."""
+        codes: Counter = Counter()
+        for client in [app.client for app in self.registry if app.client is not None] + self._retiring_clients:
+            answer = getattr(client, "answer_unfinished", None)  # a custom client may not have it
+            if answer is None:
+                continue
+            try:
+                codes.update(answer())
+            except Exception:
+                log.exception("answering the pushes of %s at shutdown failed", client.app.section)
+        # clients that cannot tell whether a push went out leave their callers to us
+        description = f"push notification failed: {UNANSWERED_AT_SHUTDOWN}"
+        codes[504] += (self.push_resource.answer_waiting(504, description)
+                       + self.v2_resource.answer_waiting(504, description))
+        log.warning("drain deadline of %g s passed: %d pushes answered 503 (not sent), %d answered 504 "
+                    "(sent, no answer from the push service)", self.drain_timeout, codes[503], codes[504])
 
     def listen(self) -> Any:
         """Open the API port (TLS when tls_certificate is set)."""
@@ -286,8 +311,11 @@ class PushServer(service.Service):
     def stopService(self):
         """Stop accepting, drain what is in flight, then stop the clients.
 
-        New requests on connections still open are answered 503; callers
-        still waiting after ``drain_timeout`` are answered 503.
+        New requests on connections still open are answered 503.  Pushes
+        still unanswered after ``drain_timeout`` are answered then: 503 when
+        none of their attempts reached the push service (safe to send
+        again), 504 when one was sent and not answered (it may have been
+        delivered: sending it again may ring the phone twice).
         """
         super().stopService()
         self.watcher.stop()
@@ -303,11 +331,7 @@ class PushServer(service.Service):
             log.info("waiting up to %g s for %d pushes in flight", self.drain_timeout, self.dispatcher.in_flight)
             drained = yield within(self.dispatcher.wait_idle(), self.drain_timeout, self.reactor)
             if not drained:
-                description = (f"the server is shutting down and the push did not finish within "
-                               f"{self.drain_timeout:g} s")
-                count = (self.push_resource.answer_waiting(503, description)
-                         + self.v2_resource.answer_waiting(503, description))
-                log.warning("drain deadline passed: %d waiting callers answered 503", count)
+                self._answer_unfinished()
         # registrations still being written are finished and answered
         yield within(self.tokens.close(), STOP_GRACE, self.reactor)
         closed = yield within(self.connections.close_all(), STOP_GRACE, self.reactor)

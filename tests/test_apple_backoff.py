@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import fail
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
@@ -25,7 +26,10 @@ class RefusedEndpoint:
 class UnreachableAppleClient(AppleClient):
     """An AppleClient whose every connection attempt is refused at once."""
 
-    def _endpoint(self):
+    def _resolve(self):
+        return succeed([IPv4Address("TCP", "127.0.0.1", self.port)])
+
+    def _endpoint(self, address):
         return RefusedEndpoint(self.attempts, self.reactor)
 
 
@@ -33,7 +37,8 @@ class BackoffTests(TestCase):
     def setUp(self):
         self.clock = Clock()
         fake = FakeAPNs(self.clock, directory=self.mktemp())
-        self.client = UnreachableAppleClient(fake.app_config(), self.clock)
+        # one connection: the schedule is that of each connection of the pool
+        self.client = UnreachableAppleClient(fake.app_config(), self.clock, connections=1)
         self.client.attempts = []
         self.client.start()
         self.addCleanup(self.client.stop)

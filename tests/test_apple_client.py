@@ -185,7 +185,8 @@ class CertificateAuthTests(FakeAPNsMixin, TestCase):
         self.assertEqual(self.fake.requests_received, 60)
         self.assertEqual(len(self.fake.notifications), 60)
         self.assertEqual(set(self.fake.deliveries.values()), {1})
-        self.assertEqual(self.fake.connections_made, 2)
+        # each connection of the pool replaced once
+        self.assertEqual(self.fake.connections_made, 2 * self.client.pool_size)
 
     @inlineCallbacks
     def test_connection_dropped_mid_stream_loses_nothing(self):
@@ -306,3 +307,30 @@ class ConfigurationTests(TestCase):
         app = AppConfig(section="x", app_id="x", app_type="sylk", platform="apple")
         with self.assertRaisesRegex(ConfigError, "neither"):
             AppleClient(app, reactor)
+
+
+class DevicePathTests(TestCase):
+    """The token goes into :path so that no token forms a dot-segment or leaves /3/device/."""
+
+    def test_paths(self):
+        from sylkpush.pns.apple import device_path
+        self.assertEqual(device_path(TOKEN), "/3/device/" + TOKEN)
+        self.assertEqual(device_path(".."), "/3/device/%2E%2E")
+        self.assertEqual(device_path("."), "/3/device/%2E")
+        self.assertEqual(device_path("../../x"), "/3/device/..%2F..%2Fx")
+        self.assertEqual(device_path("a?b#c d"), "/3/device/a%3Fb%23c%20d")
+
+    def test_dot_dot_token_sent_encoded(self):
+        from twisted.internet.task import Clock
+
+        from tests.apple_helpers import make_push
+        from tests.memory_apns import MemoryNetwork, memory_client
+        clock = Clock()
+        network = MemoryNetwork(clock)
+        client = memory_client(self, clock, network)
+        clock.advance(0.1)
+        answer = client.send(make_push(clock, token=".."))
+        clock.pump([0.01] * 10)
+        result = self.successResultOf(answer)
+        self.assertEqual(result.url, "https://127.0.0.1/3/device/%2E%2E")
+        self.assertEqual(network.delivered_paths, ["/3/device/%2E%2E"])

@@ -123,7 +123,8 @@ class FlowTests(FakeFCMMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_queue_full_answers_503_at_once(self):
         clock = Clock()
-        client = self.client(clock=clock, max_in_flight=1, queue_limit=2)
+        # the bound counts the push in flight too: one on the wire, two queued
+        client = self.client(clock=clock, max_in_flight=1, queue_limit=3)
         ds = [client.send(push_for(f"q{i}", clock)) for i in range(4)]
         self.assertEqual(client.status()["queued"], 2)
         self.assertTrue(ds[3].called)

@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from sylkpush.pns.http2 import LOST, REFUSED, RESET, H2ClientProtocol
+from sylkpush.pns.http2 import LOST, REFUSED, RESET, UNPROCESSED, H2ClientProtocol
 
 HEADERS = [(":method", "POST"), (":scheme", "https"), (":authority", "apns.test"),
            (":path", "/3/device/00")]
@@ -38,6 +38,9 @@ class Listener:
 
     def connection_goaway(self, protocol, reason):
         self.goaway.append(reason)
+
+    def connection_silent(self, protocol):
+        self.silent = True
 
     def connection_closed(self, protocol, reason):
         self.closed.append(reason)
@@ -151,7 +154,7 @@ class H2ClientProtocolTests(TestCase):
         self.goaway(last_stream_id=3)
         self.assertEqual(handlers[0].outcomes[0][:2], ("response", 200))
         self.assertEqual(handlers[1].outcomes, [])  # the server still answers stream 3
-        self.assertEqual(handlers[2].outcomes[0][:2], ("failed", REFUSED))
+        self.assertEqual(handlers[2].outcomes[0][:2], ("failed", UNPROCESSED))
         self.assertEqual(len(self.listener.goaway), 1)
         self.assertEqual(self.protocol.available_streams(), 0)
         self.assertFalse(self.transport.disconnecting)

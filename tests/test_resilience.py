@@ -164,15 +164,20 @@ class CommonFaultTests(LoadMixin):
         yield self.drained()
 
 
-class AppleResilienceTests(CommonFaultTests, unittest.TestCase):
-    """Faults at the fake APNs while /push is under concurrent load."""
+class AppleLoad(LoadMixin):
+    """setUp: a fake APNs, the daemon with its real Apple client, and an HTTP pool for the load."""
+
+    fake_delay = 0.002
+    #: find_client for the daemon (None: the real clients)
+    find_client = None
 
     @defer.inlineCallbacks
     def setUp(self):
-        self.fake = FakeAPNs(reactor, directory=os.path.abspath(self.mktemp()), delay=0.002)
+        self.fake = FakeAPNs(reactor, directory=os.path.abspath(self.mktemp()), delay=self.fake_delay)
         yield self.fake.start()
         self.addCleanup(self.fake.stop)
-        self.server, url = start_server(self, self.fake.applications_ini(APP_ID, voip=True), find_client=None)
+        self.server, url = start_server(self, self.fake.applications_ini(APP_ID, voip=True),
+                                        find_client=self.find_client)
         self.push_url = (url + "/push").encode()
         [app] = list(self.server.registry)
         self.client = app.client
@@ -187,6 +192,9 @@ class AppleResilienceTests(CommonFaultTests, unittest.TestCase):
         self.addCleanup(self.pool.closeCachedConnections)
         yield wait_until(lambda: self.client.status()["state"] == "connected")
 
+
+class AppleResilienceTests(AppleLoad, CommonFaultTests, unittest.TestCase):
+    """Faults at the fake APNs while /push is under concurrent load."""
 
     @defer.inlineCallbacks
     def test_connection_dropped_mid_stream(self):
@@ -291,10 +299,10 @@ class FirebaseResilienceTests(CommonFaultTests, unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
-        from sylkpush.pns import firebase
+        from sylkpush.pns.firebase import FirebaseClient
         from tests.firebase_helpers import service_key
-        self.patch(firebase, "RETRY_INITIAL", 0.01)
-        self.patch(firebase, "RETRY_CAP", 0.05)
+        self.patch(FirebaseClient, "retry_initial", 0.01)
+        self.patch(FirebaseClient, "retry_max", 0.05)
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         self.fake = FakeFCM(reactor, directory, delay=0.002, service_key=service_key())

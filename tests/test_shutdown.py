@@ -1,6 +1,7 @@
-"""SIGTERM/SIGINT on a real ``./sylk-pushserver`` process (SPEC §10): the port
-closes, pushes in flight are finished (or answered 503 past the drain
-deadline), and the process exits 0."""
+"""SIGTERM/SIGINT on a real ``./sylk-pushserver`` process: the port
+closes, pushes in flight are finished (or answered past the drain deadline:
+504 when they were handed to the push service and never answered), and the
+process exits 0."""
 
 from __future__ import annotations
 
@@ -133,14 +134,67 @@ class ShutdownTests(unittest.TestCase):
         self.assertIn(b"Sylk Pushserver stopped", process.output)
 
     @defer.inlineCallbacks
-    def test_drain_deadline_answers_503(self):
+    def test_drain_deadline_answers_504_for_pushes_handed_over(self):
+        # this custom client cannot say whether a push went out: its callers
+        # must not hear "not sent" (503), which a proxy would send again
         process, transport, url = yield self.start(delay=60, drain_timeout=0.5)
         calls = [self.push(url, i) for i in range(5)]
         yield self.in_flight(url, 5)
         transport.signalProcess("INT")
         answers = yield defer.gatherResults(calls)
-        self.assertEqual([code for code, _, _ in answers], [503] * 5)
-        self.assertIn("did not finish within 0.5 s", answers[0][1]["description"])
+        self.assertEqual([code for code, _, _ in answers], [504] * 5)
+        self.assertIn("sent, no answer from the push service before shutdown", answers[0][1]["description"])
         exit_code = yield process.ended
         self.assertEqual(exit_code, 0, process.output.decode())
-        self.assertIn(b"drain deadline passed: 5 waiting callers answered 503", process.output)
+        self.assertIn(b"drain deadline of 0.5 s passed: 0 pushes answered 503 (not sent), 5 answered 504",
+                      process.output)
+
+
+class DrainAnswerTests(unittest.TestCase):
+    """At the drain deadline the real Apple client tells "not sent" (503, safe
+    to send again) from "sent, no answer" (504): a proxy that retries on 503
+    must never ring a phone twice."""
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def start(self, fake_delay):
+        from sylkpush.testing.fake_apns import FakeAPNs
+        from tests.helpers import start_server
+        from tests.test_resilience import wait_until
+        self.fake = FakeAPNs(reactor, directory=os.path.abspath(self.mktemp()), delay=fake_delay)
+        yield self.fake.start()
+        self.addCleanup(self.fake.stop)
+        self.server, url = start_server(self, self.fake.applications_ini("com.example.sylk"), find_client=None,
+                                        drain_timeout=0.5)
+        [app] = list(self.server.registry)
+        yield wait_until(lambda: app.client.status()["state"] == "connected")
+        return url + "/push", app.client
+
+    @defer.inlineCallbacks
+    def test_push_written_and_unanswered_gets_504(self):
+        from tests.test_resilience import wait_until
+        url, client = yield self.start(fake_delay=3.0)
+        answer = post(url, wakeup(token="0a1b2c3d" * 8))
+        yield wait_until(lambda: self.fake.requests_received == 1)
+        yield self.server.stopService()
+        code, body, _ = yield answer
+        self.assertEqual(code, 504)
+        self.assertEqual(body["description"],
+                         "push notification failed: sent, no answer from the push service before shutdown")
+        self.assertEqual(client.status()["in_flight"], 0)
+
+    @defer.inlineCallbacks
+    def test_push_never_sent_gets_503(self):
+        from tests.test_resilience import wait_until
+        url, client = yield self.start(fake_delay=0)
+        yield self.fake.stop()
+        yield wait_until(lambda: client.status()["state"] != "connected")
+        answer = post(url, wakeup(token="0a1b2c3d" * 8))
+        yield wait_until(lambda: client.status()["queued"] == 1)
+        yield self.server.stopService()
+        code, body, _ = yield answer
+        self.assertEqual(code, 503)
+        self.assertTrue(body["description"].startswith("push notification failed: not sent before shutdown"),
+                        body["description"])
+        self.assertEqual(self.fake.requests_received, 0)

@@ -15,35 +15,49 @@ How to use it:
    ``config/applications/myapp.py`` (``MypnsMyappHeaders``...).  The built-in
    ``sylk`` and ``linphone`` types only render for ``apple`` and ``firebase``.
 
-This client POSTs ``{"token", "headers", "payload"}`` as JSON to
+This client is a transport of the delivery engine
+(:class:`sylkpush.pns.engine.DeliveryClient`): the engine keeps the queue and
+its bound, each push's deadline, the retries and their backoff, and answers
+every caller exactly once; the client only starts attempts and says how each
+one ended.  It POSTs ``{"token", "headers", "payload"}`` as JSON to
 ``mypns_url`` and maps the answer: 2xx is delivered (200), 404/410 mean the
 token is gone (410: the caller should forget it), other 4xx are returned as
-they are, 5xx and network errors are 503.  It does not retry; add that in
-:meth:`_attempt` if your service needs it.  Rules every client follows, and
-this one shows: the Deferred returned by :meth:`send` fires exactly once and
-never errbacks; nothing blocks the reactor; :meth:`stop` lets the pushes in
-flight finish; secrets never reach a log line.  If this module fails to
-import or lacks its class, only the applications using it are disabled, with
-a log line saying why.
+they are, 429 and 5xx are tried again (honouring ``Retry-After``) until the
+push's deadline, as are network errors.  Rules every client follows, and this
+one shows: report each attempt once (``finish``, ``retry``, ``not_processed``
+before the request was written, ``unknown`` after); set ``pending.written``
+when the request goes out, so a shutdown can tell the caller "not sent"
+(503) from "sent, no answer" (504); nothing blocks the reactor; secrets never
+reach a log line.  If this module fails to import or lacks its class, only
+the applications using it are disabled, with a log line saying why.
 """
 
 import json
 import logging
+import time
 from typing import Any, Dict
 
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushClient, PushResult
+from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
+from sylkpush.pns.engine import DeliveryClient, parse_retry_after
+from sylkpush.pns.pending import PendingPush
 
 log = logging.getLogger("sylkpush.pns.mypns")
 
+#: seconds one attempt may wait for its answer
+ATTEMPT_TIMEOUT = 30.0
 
-class MypnsClient(PushClient):
+
+class MypnsClient(DeliveryClient):
     """One client per application with ``app_platform = mypns``."""
 
     platform = "mypns"
+    name = "mypns"
+    #: requests on the wire at once; more wait in the engine's queue
+    max_in_flight = 100
 
     def __init__(self, app: Any, reactor: Any) -> None:
         super().__init__(app, reactor)
@@ -52,31 +66,34 @@ class MypnsClient(PushClient):
             raise ConfigError("mypns_url must be an http(s) URL")
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.http = HTTPClient(Agent(reactor, pool=self.pool))
-        self.in_flight: Dict[int, Deferred] = {}
-        self.stopping = False
+        self.requests = 0
 
-    def send(self, push: OutgoingPush) -> "Deferred[PushResult]":
-        if self.stopping:
-            return succeed(PushResult(503, "push service client is stopping", self.url))
-        attempt = self._attempt(push)
-        self.in_flight[id(attempt)] = attempt
-        attempt.addBoth(self._forget, id(attempt))
-        return attempt
+    @property
+    def peer(self) -> str:
+        return self.url
 
-    def _attempt(self, push: OutgoingPush) -> "Deferred[PushResult]":
+    def push_url(self, push: OutgoingPush) -> str:
+        return self.url
+
+    def capacity(self) -> int:
+        return self.max_in_flight - self.requests
+
+    def attempt(self, pending: PendingPush) -> None:
+        push = pending.push
         body = json.dumps({"token": push.token, "headers": push.headers, "payload": push.payload})
-        timeout = max(0.1, push.deadline - self.reactor.seconds())
-        log.info("%s: outgoing push to %s", push.request_id, self.url)
+        log.info("%s: outgoing push to %s (try %d)", push.request_id, self.url, pending.attempts)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: outgoing body %s", push.request_id, body)
-        posting = self.http.post(self.url, data=body.encode("utf-8"), timeout=timeout,
-                                 headers={b"content-type": [b"application/json"]})
-        posting.addCallback(self._answered, push)
-        posting.addErrback(self._failed, push)
-        return posting
+        self.requests += 1
+        pending.written = True
+        posting = self.http.post(self.url, data=body.encode("utf-8"), headers={b"content-type": [b"application/json"]},
+                                 timeout=min(ATTEMPT_TIMEOUT, max(0.1, pending.time_left())))
+        posting.addCallback(self._answered, pending)
+        posting.addErrback(self._failed, pending)
+        posting.addBoth(self._attempt_done)
 
-    def _answered(self, response: Any, push: OutgoingPush) -> Deferred:
-        def result(content: bytes) -> PushResult:
+    def _answered(self, response: Any, pending: PendingPush) -> Any:
+        def result(content: bytes) -> None:
             try:
                 parsed = json.loads(content) if content else {}
             except ValueError:
@@ -84,30 +101,30 @@ class MypnsClient(PushClient):
             parsed = parsed if isinstance(parsed, dict) else {}
             reason = str(parsed.get("reason") or response.phrase.decode("latin-1"))
             if 200 <= response.code < 300:
-                return PushResult(200, reason or "OK", self.url, parsed)
-            if response.code in (404, 410):
-                return PushResult(410, reason, self.url, parsed)
-            if response.code < 500:
-                return PushResult(response.code, reason, self.url, parsed)
-            return PushResult(503, f"push service answered {response.code} {reason}", self.url, parsed)
+                self.finish(pending, PushResult(200, reason or "OK", self.url, parsed))
+            elif response.code in (404, 410):
+                self.finish(pending, PushResult(410, reason, self.url, parsed))
+            elif response.code == 429 or response.code >= 500:
+                wait = parse_retry_after(response.headers.getRawHeaders(b"retry-after", [None])[0], time.time())
+                self.retry(pending, f"push service answered {response.code} {reason}", retry_after=wait)
+            else:
+                self.finish(pending, PushResult(response.code, reason, self.url, parsed))
         return response.content().addCallback(result)
 
-    def _failed(self, failure: Any, push: OutgoingPush) -> PushResult:
-        log.warning("%s: push to %s failed: %s", push.request_id, self.url, failure.getErrorMessage())
-        return PushResult(503, f"push service unreachable: {failure.getErrorMessage()}", self.url)
+    def _failed(self, failure: Any, pending: PendingPush) -> None:
+        reason = f"push service unreachable: {failure.getErrorMessage()}"
+        log.warning("%s: push to %s failed: %s", pending.push.request_id, self.url, failure.getErrorMessage())
+        if failure.check(ConnectError, DNSLookupError):
+            self.not_processed(pending, reason, backoff=True)  # never reached the service
+        else:
+            self.unknown(pending, reason, backoff=True)
 
-    def _forget(self, result: Any, key: int) -> Any:
-        self.in_flight.pop(key, None)
-        return result
+    def _attempt_done(self, _: Any) -> None:
+        self.requests -= 1
+        self.pump()
 
-    def stop(self) -> "Deferred[None]":
-        self.stopping = True
-        waiting = [Deferred() for _ in self.in_flight]
-        for attempt, done in zip(list(self.in_flight.values()), waiting):
-            attempt.addBoth(lambda result, d=done: (d.callback(None), result)[1])
-        finished = DeferredList(waiting) if waiting else succeed(None)
-        return finished.addCallback(lambda _: self.pool.closeCachedConnections())
+    def close(self) -> Any:
+        return self.pool.closeCachedConnections()
 
     def status(self) -> Dict[str, Any]:
-        return {"state": "stopped" if self.stopping else "ready", "queued": 0,
-                "in_flight": len(self.in_flight), "reconnects": 0}
+        return dict(super().status(), url=self.url)

@@ -1,30 +1,42 @@
-"""The APNs client: one long-lived HTTP/2 connection per Apple application.
+"""The APNs client: a pool of long-lived HTTP/2 connections per Apple application.
 
-:class:`AppleClient` is the connection manager above
-:class:`sylkpush.pns.http2.H2ClientProtocol`: it opens the connection at
-start, reconnects with jittered exponential backoff (re-resolving the host),
-keeps pushes in a bounded queue while there is no connection or no free
-stream, retries 5xx answers and reset streams within each push's deadline,
-and maps APNs answers to results (SPEC §6).
+:class:`AppleClient` is the transport of the delivery engine
+(:class:`sylkpush.pns.engine.DeliveryClient`, which queues, times and
+retries) and the manager of ``apple_connections`` connections, each an
+:class:`sylkpush.pns.http2.H2ClientProtocol`.  Each connection (a
+:class:`_Slot` of the pool) is opened at start and kept open: the host name
+is resolved again at each connect and the connections are spread over the
+addresses; TLS and the first SETTINGS must come within
+:attr:`AppleClient.handshake_timeout`; a connection that served pushes and is
+closed or says GOAWAY is replaced at once, others after a jittered
+exponential backoff that only an answered push resets.  Pushes go round the
+ready connections; APNs answers are mapped to results here.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
-from typing import Any, Dict, List, Optional, Set, Tuple
+from collections import Counter
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.address import IPv6Address
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.error import DNSLookupError
+from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sylkpush.pns.apple_auth import TokenAuth, auth_for
-from sylkpush.pns.base import OutgoingPush, PushClient, PushResult, unavailable
-from sylkpush.pns.http2 import LOST, REFUSED, H2ClientProtocol
-from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, PendingPush, PendingQueue, backoff_delay
+from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
+from sylkpush.pns.engine import DeliveryClient, parse_retry_after
+from sylkpush.pns.http2 import REFUSED, RESET, UNPROCESSED, H2ClientProtocol
+from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, IN_FLIGHT, PendingPush, backoff_delay
 from sylkpush.pns.tls import client_tls_options
 
 log = logging.getLogger(__name__)
@@ -35,6 +47,9 @@ VOIP_PAYLOAD_LIMIT = 5120
 #: seconds before a waiting push's deadline when a connection attempt is made
 #: whatever the backoff says (time to connect, handshake and be answered)
 LAST_CHANCE = 2.0
+#: HTTP/2 connections per application unless apple_connections says otherwise
+DEFAULT_CONNECTIONS = 2
+MAX_CONNECTIONS = 32
 
 #: reason -> (usual status code, description)
 APNS_REASONS: Dict[str, tuple] = {
@@ -122,79 +137,178 @@ def _redact(headers: List[Tuple[str, str]]) -> Dict[str, str]:
     return {name: ("<redacted>" if name == "authorization" else value) for name, value in headers}
 
 
-class _ApplePending(PendingPush):
-    """A push with what the Apple client keeps across its tries."""
 
-    def __init__(self, push: OutgoingPush, reactor: Any, url: str, client: "AppleClient",
-                 path: str, body: bytes, headers: List[Tuple[str, str]]) -> None:
-        self._client = client
-        self._failure: Optional[str] = None
-        super().__init__(push, reactor, url)
-        self.path = path
+def device_path(token: str) -> str:
+    """The :path of a push to ``token``.
+
+    Everything but unreserved characters is percent-encoded, and so are the
+    dots of a token made only of dots: no token can form a dot-segment
+    (``/3/device/..``) or leave ``/3/device/``.  Hex tokens are unchanged.
+    """
+    quoted = quote(token, safe="")
+    if not quoted.strip("."):
+        quoted = quoted.replace(".", "%2E")
+    return "/3/device/" + quoted
+
+
+def pool_size_of(app: Any) -> int:
+    """``apple_connections`` of the application (ConfigError when unusable)."""
+    text = app.option("apple_connections", "").strip()
+    if not text:
+        return DEFAULT_CONNECTIONS
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_CONNECTIONS:
+        raise ConfigError(f"apple_connections must be a whole number from 1 to {MAX_CONNECTIONS}")
+    return size
+
+
+def _where(address: Any) -> str:
+    if address is None:
+        return "?"
+    return f"[{address.host}]:{address.port}" if ":" in address.host else f"{address.host}:{address.port}"
+
+
+class _ApplePending(PendingPush):
+    """A push with its request; it is also the handler of its attempt's stream."""
+
+    def __init__(self, push: OutgoingPush, client: "AppleClient", url: str, body: bytes,
+                 headers: List[Tuple[str, str]]) -> None:
+        super().__init__(push, client, url)
         self.body = body
         self.headers = headers
         self.authorization: Optional[str] = None
         self.auth_retried = False
-        self.retry_timer: Any = None
-
-    @property  # type: ignore[override]
-    def last_failure(self) -> str:
-        # while a push only waited for a connection, the reason is the connection's
-        return self._failure or self._client.connection_failure
-
-    @last_failure.setter
-    def last_failure(self, value: str) -> None:
-        if value != "no connection to the push service":
-            self._failure = value
-
-
-class _Attempt:
-    """The handler of one stream: routes its outcome back to the client."""
-
-    __slots__ = ("client", "pending")
-
-    def __init__(self, client: "AppleClient", pending: _ApplePending) -> None:
-        self.client = client
-        self.pending = pending
+        #: the pool slot whose connection carries the current attempt
+        self.slot: Optional["_Slot"] = None
 
     def response(self, status: int, headers: Dict[str, str], body: bytes) -> None:
-        self.client._stream_answered(self.pending, status, headers, body)
+        self.owner.stream_answered(self, status, headers, body)
 
     def failed(self, kind: str, reason: str) -> None:
-        self.client._stream_failed(self.pending, kind, reason)
+        self.owner.stream_failed(self, kind, reason)
+
+
+class _Slot:
+    """One connection of the pool through its lives: connecting, ready,
+    waiting to reconnect.  It is the listener of its H2ClientProtocol."""
+
+    def __init__(self, client: "AppleClient", index: int) -> None:
+        self.client = client
+        self.index = index
+        #: the current connection (TCP up; maybe not ready yet)
+        self.protocol: Optional[H2ClientProtocol] = None
+        #: resolving and connecting
+        self.attempt: Optional[Deferred] = None
+        self.address: Any = None
+        self.handshake_timer: Any = None
+        self.reconnect_timer: Any = None
+        self.timed_out = ""
+        #: connections in a row that never answered a push
+        self.failures = 0
+
+    @property
+    def busy(self) -> bool:
+        return self.protocol is not None or self.attempt is not None
+
+    def cancel_timers(self) -> None:
+        for timer in (self.handshake_timer, self.reconnect_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.handshake_timer = self.reconnect_timer = None
+
+    # -- listener of H2ClientProtocol ------------------------------------------
+
+    def connection_ready(self, protocol: H2ClientProtocol) -> None:
+        self.client._ready(self, protocol)
+
+    def streams_available(self, protocol: H2ClientProtocol) -> None:
+        self.client.pump()
+
+    def connection_goaway(self, protocol: H2ClientProtocol, reason: str) -> None:
+        self.client._goaway(self, protocol, reason)
+
+    def connection_silent(self, protocol: H2ClientProtocol) -> None:
+        # what silenced this connection (a NAT, a route) may have silenced
+        # the others: the requests about to be resent must not go to a dead one
+        for other in self.client.ready:
+            if other is not protocol:
+                other.probe()
+
+    def connection_closed(self, protocol: H2ClientProtocol, reason: str) -> None:
+        self.client._closed(self, protocol, reason)
 
 
 class _ProtocolFactory(Factory):
-    def __init__(self, client: "AppleClient") -> None:
-        self.client = client
+    noisy = False
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot = slot
 
     def buildProtocol(self, addr: Any) -> H2ClientProtocol:  # noqa: N802
-        return H2ClientProtocol(self.client, self.client.reactor,
-                                ping_interval=self.client.ping_interval,
-                                ping_timeout=self.client.ping_timeout)
+        client = self.slot.client
+        return H2ClientProtocol(self.slot, client.reactor, ping_interval=client.ping_interval,
+                                ping_timeout=client.ping_timeout, answer_timeout=client.answer_timeout)
 
 
-class AppleClient(PushClient):
-    """Sends pushes of one Apple application over one HTTP/2 connection.
+@implementer(IResolutionReceiver)
+class _Addresses:
+    """Collects what a name resolution finds."""
 
-    ``AppleClient(app, reactor)``; raises ConfigError when the settings cannot
-    work.  The timing attributes below may be changed before :meth:`start`.
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.found: List[Any] = []
+        self.done: Deferred = Deferred()
+
+    def resolutionBegan(self, resolution: Any) -> None:  # noqa: N802
+        pass
+
+    def addressResolved(self, address: Any) -> None:  # noqa: N802
+        self.found.append(address)
+
+    def resolutionComplete(self) -> None:  # noqa: N802
+        if self.done.called:  # cancelled by the handshake timeout
+            return
+        if self.found:
+            self.done.callback(self.found)
+        else:
+            self.done.errback(DNSLookupError(self.host))
+
+
+class AppleClient(DeliveryClient):
+    """Sends the pushes of one Apple application over a pool of HTTP/2 connections.
+
+    ``AppleClient(app, reactor, queue_limit=10000, connections=None)``;
+    ``connections`` overrides ``apple_connections``.  Raises ConfigError when
+    the settings cannot work.  The timing attributes below may be changed
+    before :meth:`start`.
     """
 
     platform = "apple"
+    name = "APNs"
 
     reconnect_initial = 1.0
     reconnect_max = 60.0
     retry_initial = 0.5
     retry_max = 60.0
+    #: seconds for the TCP connection
     connect_timeout = 10.0
+    #: seconds from the start of a connection attempt (name resolution
+    #: included) to TLS done and the server's first SETTINGS
+    handshake_timeout = 10.0
     ping_interval = 60.0
     ping_timeout = 20.0
-    #: seconds :meth:`stop` waits for in-flight pushes before answering them 503
-    stop_timeout = 10.0
+    #: seconds a request may wait with the connection silent before a PING
+    #: must prove it alive (see sylkpush.pns.http2)
+    answer_timeout = 1.5
+    #: seconds closing connections get at stop before they are dropped
+    close_grace = 2.0
 
-    def __init__(self, app: Any, reactor: Any, queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
-        super().__init__(app, reactor)
+    def __init__(self, app: Any, reactor: Any, queue_limit: int = DEFAULT_QUEUE_LIMIT,
+                 connections: Optional[int] = None) -> None:
+        super().__init__(app, reactor, queue_limit=queue_limit)
         self.auth = auth_for(app, reactor)
         self.tls = client_tls_options(app.apple_host, app.tls_ca_file, self.auth.client_certificate,
                                       alpn=(b"h2",))
@@ -202,41 +316,32 @@ class AppleClient(PushClient):
         self.port = app.apple_port
         self.authority = _authority(self.host, self.port)
         self.base_url = f"https://{self.authority}"
-        self.queue = PendingQueue(queue_limit)
-        self.connection_failure = "no connection to APNs yet"
+        self.pool_size = connections or pool_size_of(app)
+        self.slots = [_Slot(self, index) for index in range(self.pool_size)]
+        #: connections that take new streams, in the order pushes go round them
+        self.ready: List[H2ClientProtocol] = []
+        #: connections that said GOAWAY or were retired, until they close
+        self._draining: Set[H2ClientProtocol] = set()
+        self._next = 0
         self.reconnects = 0
-        self._protocol: Optional[H2ClientProtocol] = None
-        self._protocols: Set[H2ClientProtocol] = set()
-        self._connecting: Optional[Deferred] = None
-        self._opening = False
-        self._reconnect_timer: Any = None
-        self._attempt = 0
-        self._in_flight: Set[_ApplePending] = set()
-        self._retrying: Set[_ApplePending] = set()
-        self._started = False
-        self._stopping = False
-        self._stopped: Optional[Deferred] = None
-        self._stop_timer: Any = None
+        self.connection_failure = ""
+        #: address -> when a connection to it last failed
+        self._address_failures: Dict[Tuple[str, int], float] = {}
+        self._all_closed: Optional[Deferred] = None
+        self._close_timer: Any = None
 
-    # -- the PushClient contract ------------------------------------------------
+    # -- the transport of the engine -------------------------------------------
 
-    def start(self) -> None:
-        """Open the connection; pushes sent before it is up wait in the queue."""
-        if self._started:
-            return
-        self._started = True
-        log.info("APNs client for %s (%s auth) connecting to %s", self.app.app_id,
-                 self.auth.mode, self.authority)
-        self._connect()
+    @property
+    def peer(self) -> str:
+        return self.authority
 
-    def send(self, push: OutgoingPush) -> "Deferred[PushResult]":
-        """Deliver ``push``; fires once with its PushResult."""
-        path = "/3/device/" + quote(push.token, safe="")
+    def push_url(self, push: OutgoingPush) -> str:
+        return self.base_url + device_path(push.token)
+
+    def prepare(self, push: OutgoingPush) -> Union[_ApplePending, PushResult]:
+        path = device_path(push.token)
         url = self.base_url + path
-        if self._stopping or not self._started:
-            reason = "the APNs client is stopping" if self._stopping else "the APNs client is not started"
-            log.info("%s: not sent to %s: %s", push.request_id, url, reason)
-            return succeed(unavailable(reason, url))
         body = json.dumps(push.payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         voip = push.voip or push.headers.get("apns-push-type") == "voip"
         limit = VOIP_PAYLOAD_LIMIT if voip else PAYLOAD_LIMIT
@@ -244,214 +349,93 @@ class AppleClient(PushClient):
             result = PushResult(413, f"{describe(413, 'PayloadTooLarge')} ({len(body)} bytes, "
                                      f"the limit is {limit})", url)
             log.info("%s: not sent to %s: %s", push.request_id, url, result.reason)
-            return succeed(result)
+            return result
         headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
                    (":path", path)]
         headers.extend((str(name).lower(), str(value)) for name, value in push.headers.items())
         if "apns-id" not in push.headers:
             # one id for every try of this push, so a delivery can be traced and counted
             headers.append(("apns-id", str(uuid.uuid4())))
-        pending = _ApplePending(push, self.reactor, url, self, path, body, headers)
-        pending.deferred.addCallback(self._log_result, pending)
-        if self.queue.put(pending):
-            if self._protocol is None:
-                self._reconnect_sooner_for(push)
-            self._pump()
-        return pending.deferred
+        return _ApplePending(push, self, url, body, headers)
 
-    def take_waiting(self) -> List[PendingPush]:
-        """The pushes still queued here, handed to the client that replaces this one."""
-        return self.queue.take_all()
+    def open(self) -> None:
+        log.info("APNs client for %s (%s auth) opening %d connections to %s", self.app.app_id,
+                 self.auth.mode, self.pool_size, self.authority)
+        for slot in self.slots:
+            self._connect(slot)
 
-    def stop(self) -> "Deferred[None]":
-        """Take no new pushes, let in-flight ones finish, then close the connection."""
-        if self._stopped is not None:
-            return self._stopped
-        self._stopping = True
-        self._stopped = Deferred()
-        if self._reconnect_timer is not None and self._reconnect_timer.active():
-            self._reconnect_timer.cancel()
-        self._reconnect_timer = None
-        # pushes waiting to be retried get their last try now
-        for pending in sorted(self._retrying, key=lambda p: p.push.deadline, reverse=True):
-            self._cancel_retry(pending)
-            self.queue.put_front(pending)
-        self._retrying.clear()
-        self._stop_timer = self.reactor.callLater(self.stop_timeout, self._stop_expired)
-        if self._protocol is None:
-            self.queue.fail_all("the APNs client stopped before it could connect: "
-                                f"{self.connection_failure}")
-        self._pump()
-        self._check_stopped()
-        return self._stopped
+    def capacity(self) -> int:
+        return sum(protocol.available_streams() for protocol in self.ready)
 
-    def status(self) -> Dict[str, Any]:
-        """Connection state for /health and /metrics."""
-        if self._stopping:
-            state = "stopping" if self._stopped is not None and not self._stopped.called else "stopped"
-        elif self._protocol is not None:
-            state = "connected"
-        elif self._opening:
-            state = "connecting"
-        elif self._started:
-            state = "disconnected"
-        else:
-            state = "stopped"
-        result = {
-            "state": state,
-            "queued": len(self.queue),
-            "in_flight": len(self._in_flight),
-            "retrying": len(self._retrying),
-            "reconnects": self.reconnects,
-            "url": self.base_url,
-            "auth": self.auth.mode,
-        }
-        if state != "connected":
-            result["last_error"] = self.connection_failure
-        return result
-
-    # -- listener of H2ClientProtocol ------------------------------------------
-
-    def connection_ready(self, protocol: H2ClientProtocol) -> None:
-        self._opening = False
-        if self._stopping and self._stopped is not None and self._stopped.called:
-            protocol.close()
-            return
-        self._protocol = protocol
-        self._attempt = 0
-        log.info("APNs connection to %s ready for %s (up to %d streams)", self.authority,
-                 self.app.app_id, protocol.available_streams())
-        self._pump()
-        self._check_stopped()
-
-    def streams_available(self, protocol: H2ClientProtocol) -> None:
-        if protocol is self._protocol:
-            self._pump()
-
-    def connection_goaway(self, protocol: H2ClientProtocol, reason: str) -> None:
-        if protocol is self._protocol:
-            self._protocol = None
-            self.connection_failure = reason
-            self._schedule_reconnect()
-
-    def connection_closed(self, protocol: H2ClientProtocol, reason: str) -> None:
-        self._protocols.discard(protocol)
-        if protocol is self._protocol:
-            self._protocol = None
-            log.log(logging.INFO if self._stopping else logging.WARNING,
-                    "APNs connection to %s for %s closed: %s", self.authority, self.app.app_id, reason)
-        elif not protocol.ready:
-            self._opening = False
-            log.warning("APNs connection to %s for %s failed: %s", self.authority, self.app.app_id, reason)
-        self.connection_failure = reason
-        if self._stopping:
-            if self._protocol is None:
-                self.queue.fail_all(f"the APNs client stopped: {reason}")
-            self._check_stopped()
-            return
-        if self._protocol is None:
-            self._schedule_reconnect()
-
-    # -- connection management -------------------------------------------------
-
-    def _endpoint(self) -> Any:
-        """Where to connect; HostnameEndpoint resolves the name again each time."""
-        return wrapClientTLS(self.tls, HostnameEndpoint(self.reactor, self.host, self.port,
-                                                        timeout=self.connect_timeout))
-
-    def _connect(self) -> None:
-        self._reconnect_timer = None
-        if self._stopping or self._opening or self._protocol is not None:
-            return
-        self._opening = True
-        try:
-            self._connecting = self._endpoint().connect(_ProtocolFactory(self))
-        except Exception:  # noqa: BLE001 - a bad endpoint must still lead to a retry
-            self._connect_failed(Failure())
-            return
-        self._connecting.addCallbacks(self._connected, self._connect_failed)
-
-    def _connected(self, protocol: H2ClientProtocol) -> None:
-        self._connecting = None
-        self._protocols.add(protocol)
-
-    def _connect_failed(self, failure: Failure) -> None:
-        self._connecting = None
-        self._opening = False
-        self.connection_failure = f"cannot connect to {self.authority}: {failure.getErrorMessage()}"
-        if self._stopping:
-            log.info("APNs client for %s stopped while connecting", self.app.app_id)
-            self.queue.fail_all(f"the APNs client stopped: {self.connection_failure}")
-            self._check_stopped()
-        else:
-            log.warning("APNs client for %s: %s", self.app.app_id, self.connection_failure)
-            self._schedule_reconnect()
-
-    def _schedule_reconnect(self) -> None:
-        if self._stopping or self._opening or self._protocol is not None:
-            return
-        if self._reconnect_timer is not None and self._reconnect_timer.active():
-            return
-        delay = self._before_deadlines(backoff_delay(self._attempt, self.reconnect_initial,
-                                                     self.reconnect_max))
-        self._attempt += 1
-        self.reconnects += 1
-        log.info("APNs client for %s reconnects to %s in %.2f s", self.app.app_id, self.authority, delay)
-        self._reconnect_timer = self.reactor.callLater(delay, self._connect)
-
-    def _before_deadlines(self, delay: float, deadline: Optional[float] = None) -> float:
-        """``delay``, shortened so the pushes waiting get one more connection
-        attempt before their deadline: a 60 s backoff must not outlast a
-        call's 64 s budget while APNs may be back already."""
-        earliest = self.queue.earliest_deadline() if deadline is None else deadline
-        if earliest is None:
-            return delay
-        return min(delay, max(self.reconnect_initial, earliest - self.reactor.seconds() - LAST_CHANCE))
-
-    def _reconnect_sooner_for(self, push: OutgoingPush) -> None:
-        """A new push whose deadline comes before the next attempt brings it forward."""
-        timer = self._reconnect_timer
-        if timer is None or not timer.active():
-            return
-        wanted = self._before_deadlines(timer.getTime() - self.reactor.seconds(), push.deadline)
-        if wanted < timer.getTime() - self.reactor.seconds():
-            timer.reset(wanted)
-
-    # -- sending and answers ---------------------------------------------------
-
-    def _pump(self) -> None:
-        """Start queued pushes on free streams of the current connection."""
-        protocol = self._protocol
-        if protocol is None:
-            return
-        started = False
-        while protocol.available_streams() > 0:
-            pending = self.queue.get()
-            if pending is None:
+    def attempt(self, pending: PendingPush) -> None:
+        ready = self.ready
+        count = len(ready)
+        for step in range(count):
+            protocol = ready[(self._next + step) % count]
+            if protocol.available_streams() > 0:
+                self._next = (self._next + step + 1) % count
                 break
-            self._start(protocol, pending)
-            started = True
-        if started:
-            protocol.flush()
-
-    def _start(self, protocol: H2ClientProtocol, pending: _ApplePending) -> None:
+        else:
+            self.not_processed(pending, "no connection to APNs has a free stream")
+            return
         headers = pending.headers
         authorization = self.auth.authorization()
         if authorization is not None:
             headers = headers + [("authorization", authorization)]
         pending.authorization = authorization
-        pending.attempts += 1
-        self._in_flight.add(pending)
+        pending.slot = protocol.listener
         request_id = pending.push.request_id
         log.info("%s: sending to %s (try %d)", request_id, pending.url, pending.attempts)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: request headers %s", request_id, _redact(headers))
             log.debug("%s: request body %s", request_id, pending.body.decode("utf-8", "replace"))
-        protocol.request(headers, pending.body, _Attempt(self, pending))
+        pending.written = True
+        protocol.request(headers, pending.body, pending)
 
-    def _stream_answered(self, pending: _ApplePending, status: int, headers: Dict[str, str],
-                         raw: bytes) -> None:
-        self._in_flight.discard(pending)
+    def flush(self) -> None:
+        for protocol in self.ready:
+            protocol.flush()
+
+    def queued(self, pending: PendingPush) -> None:
+        """A push waits while no connection is up: an attempt comes before its deadline."""
+        if self.ready:
+            return
+        for slot in self.slots:
+            timer = slot.reconnect_timer
+            if timer is not None and timer.active():
+                left = timer.getTime() - self.reactor.seconds()
+                wanted = self._before_deadlines(left, pending.push.deadline)
+                if wanted < left:
+                    timer.reset(wanted)
+
+    def waiting_reason(self, pending: PendingPush) -> str:
+        if pending.state is IN_FLIGHT:
+            return f"no answer from {self.authority}"
+        if self.ready:
+            return f"every stream of the {len(self.ready)} connections to {self.authority} busy"
+        return self.connection_failure or f"connecting to {self.authority}"
+
+    def status(self) -> Dict[str, Any]:
+        """Connection state for /health and /metrics."""
+        if self.stopping:
+            state = "stopped" if self.stopped else "stopping"
+        elif self.ready:
+            state = "connected"
+        elif any(slot.busy for slot in self.slots):
+            state = "connecting"
+        else:
+            state = "disconnected" if self.started else "stopped"
+        result = dict(self.counts(), state=state, reconnects=self.reconnects, url=self.base_url,
+                      auth=self.auth.mode, connections=len(self.ready), pool_size=self.pool_size)
+        if state != "connected":
+            result["last_error"] = self.connection_failure or "not connected yet"
+        return result
+
+    # -- answers -------------------------------------------------------------
+
+    def stream_answered(self, pending: _ApplePending, status: int, headers: Dict[str, str],
+                        raw: bytes) -> None:
+        pending.slot.failures = 0  # an answer: this connection works
         request_id = pending.push.request_id
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: response %d headers %s body %s", request_id, status, headers,
@@ -463,109 +447,213 @@ class AppleClient(PushClient):
         if not isinstance(body, dict):
             body = {}
         reason = str(body.get("reason", ""))
-        if pending.answered:
-            self._check_stopped()
-            return
         if status == 200:
-            pending.answer(PushResult(200, describe(200), pending.url, body))
+            self.finish(pending, PushResult(200, describe(200), pending.url, body))
         elif status == 403 and reason == "ExpiredProviderToken" and isinstance(self.auth, TokenAuth) \
                 and not pending.auth_retried:
             self.auth.expired(pending.authorization or "")
             pending.auth_retried = True
-            pending.last_failure = describe(status, reason)
             log.info("%s: provider token expired, retrying with a new one", request_id)
-            self.queue.put_front(pending)
+            self.retry(pending, describe(status, reason), delay=0.0)
         elif status >= 500:
-            pending.last_failure = f"{status} {describe(status, reason)}"
-            self._retry_later(pending)
+            self.retry(pending, f"{status} {describe(status, reason)}",
+                       retry_after=parse_retry_after(headers.get("retry-after"), time.time()))
         elif is_invalid_token(status, reason):
-            pending.answer(PushResult(410, describe(status, reason), pending.url, body))
+            self.finish(pending, PushResult(410, describe(status, reason), pending.url, body))
         else:
-            pending.answer(PushResult(status, describe(status, reason), pending.url, body))
-        self._pump()
-        self._check_stopped()
+            self.finish(pending, PushResult(status, describe(status, reason), pending.url, body))
 
-    def _stream_failed(self, pending: _ApplePending, kind: str, reason: str) -> None:
-        self._in_flight.discard(pending)
-        if not pending.answered:
-            pending.last_failure = reason
-            if kind == REFUSED:
-                # the server never looked at it: this try does not count
-                pending.attempts -= 1
-                self.queue.put_front(pending)
-            elif kind == LOST:
-                self.queue.put_front(pending)
-            else:
-                self._retry_later(pending)
-            if self._stopping and self._protocol is None:
-                self.queue.fail_all(f"the APNs client stopped: {reason}")
-        self._check_stopped()
+    def stream_failed(self, pending: _ApplePending, kind: str, reason: str) -> None:
+        if kind == REFUSED:  # the server is busy: it gets a backoff, and the try counts
+            self.not_processed(pending, reason, backoff=True)
+        elif kind == UNPROCESSED:
+            self.not_processed(pending, reason)
+        elif kind == RESET:
+            self.unknown(pending, reason, backoff=True)
+        else:  # LOST: the connection died or went silent; another one takes it now
+            self.unknown(pending, reason)
 
-    def _retry_later(self, pending: _ApplePending) -> None:
-        delay = backoff_delay(pending.attempts - 1, self.retry_initial, self.retry_max)
-        if self._stopping or delay >= pending.time_left(self.reactor):
-            pending.fail(f"{pending.last_failure}; no time left to try again")
+    # -- the pool --------------------------------------------------------------
+
+    def _resolve(self) -> "Deferred[List[Any]]":
+        """The addresses of the host, looked up again for every connection."""
+        addresses = _Addresses(self.host)
+        self.reactor.nameResolver.resolveHostName(addresses, self.host, portNumber=self.port)
+        return addresses.done
+
+    def _endpoint(self, address: Any) -> Any:
+        endpoint_class = TCP6ClientEndpoint if isinstance(address, IPv6Address) else TCP4ClientEndpoint
+        return wrapClientTLS(self.tls, endpoint_class(self.reactor, address.host, address.port,
+                                                      timeout=self.connect_timeout))
+
+    def _pick_address(self, addresses: List[Any], slot: _Slot) -> Any:
+        """The address with the fewest of our connections, avoiding those that failed lately."""
+        now = self.reactor.seconds()
+        in_use = Counter((s.address.host, s.address.port) for s in self.slots
+                         if s is not slot and s.busy and s.address is not None)
+
+        def rank(item: Tuple[int, Any]) -> Tuple[bool, int, int]:
+            order, address = item
+            key = (address.host, address.port)
+            failed = self._address_failures.get(key)
+            return (failed is not None and now - failed < self.reconnect_max, in_use[key],
+                    (order - slot.index) % len(addresses))
+        return min(enumerate(addresses), key=rank)[1]
+
+    def _connect(self, slot: _Slot) -> None:
+        slot.reconnect_timer = None
+        if self.stopping or slot.busy:
             return
-        log.info("%s: %s; trying again in %.1f s", pending.push.request_id, pending.last_failure, delay)
-        self._retrying.add(pending)
-        pending.retry_timer = self.reactor.callLater(delay, self._retry_now, pending)
-        pending.deferred.addBoth(self._forget_retry, pending)
+        slot.timed_out = ""
+        slot.handshake_timer = self.reactor.callLater(self.handshake_timeout, self._handshake_expired, slot)
+        try:
+            attempt = self._resolve()
+        except Exception:  # noqa: BLE001 - a broken resolver must still lead to a retry
+            attempt = Deferred()
+            attempt.errback(Failure())
+        slot.attempt = attempt
+        attempt.addCallback(self._connect_to, slot)
+        attempt.addCallbacks(self._connected, self._connect_failed, callbackArgs=(slot,), errbackArgs=(slot,))
 
-    def _retry_now(self, pending: _ApplePending) -> None:
-        pending.retry_timer = None
-        self._retrying.discard(pending)
-        if not pending.answered:
-            self.queue.put_front(pending)
-            self._pump()
+    def _connect_to(self, addresses: List[Any], slot: _Slot) -> Deferred:
+        slot.address = self._pick_address(addresses, slot)
+        return self._endpoint(slot.address).connect(_ProtocolFactory(slot))
 
-    def _forget_retry(self, result: Any, pending: _ApplePending) -> Any:
-        # answered by its deadline while waiting to be retried
-        self._cancel_retry(pending)
-        self._retrying.discard(pending)
-        self._check_stopped()
-        return result
+    def _connected(self, protocol: H2ClientProtocol, slot: _Slot) -> None:
+        slot.attempt = None
+        if protocol.lost:  # gone before we even heard of it
+            self._never_ready(slot, f"connection to {_where(slot.address)} lost at once")
+        elif slot.protocol is None:
+            slot.protocol = protocol  # TCP is up; TLS and SETTINGS are on their way
 
-    @staticmethod
-    def _cancel_retry(pending: _ApplePending) -> None:
-        if pending.retry_timer is not None and pending.retry_timer.active():
-            pending.retry_timer.cancel()
-        pending.retry_timer = None
+    def _connect_failed(self, failure: Failure, slot: _Slot) -> None:
+        slot.attempt = None
+        message = slot.timed_out if failure.check(CancelledError) and slot.timed_out \
+            else failure.getErrorMessage()
+        where = _where(slot.address) if slot.address is not None else self.authority
+        self._never_ready(slot, f"cannot connect to {where}: {message}")
 
-    def _log_result(self, result: PushResult, pending: _ApplePending) -> PushResult:
-        # the dispatcher logs every result at INFO; this line only adds up with debug
-        log.debug("%s: APNs result %d %s", pending.push.request_id, result.code, result.reason)
-        self._check_stopped()
-        return result
+    def _handshake_expired(self, slot: _Slot) -> None:
+        slot.handshake_timer = None
+        slot.timed_out = f"no TLS handshake and SETTINGS within {self.handshake_timeout:g} s"
+        if slot.protocol is not None and not slot.protocol.ready:
+            slot.protocol.abort(f"{slot.timed_out} from {_where(slot.address)}")
+        elif slot.attempt is not None:
+            slot.attempt.cancel()
 
-    # -- stopping -------------------------------------------------------------
-
-    def _check_stopped(self) -> None:
-        if not self._stopping or self._stopped is None or self._stopped.called:
-            return
-        if len(self.queue) or self._in_flight or self._retrying:
-            return
-        for protocol in list(self._protocols):
+    def _ready(self, slot: _Slot, protocol: H2ClientProtocol) -> None:
+        if slot.handshake_timer is not None and slot.handshake_timer.active():
+            slot.handshake_timer.cancel()
+        slot.handshake_timer = None
+        slot.protocol = protocol
+        if self.stopping:
             protocol.close("the APNs client stopped")
-        if self._connecting is not None:
-            self._connecting.cancel()
             return
-        if self._protocols:
-            return
-        self._protocol = None
-        if self._stop_timer is not None and self._stop_timer.active():
-            self._stop_timer.cancel()
-        self._stop_timer = None
-        self._stopped.callback(None)
+        self.ready.append(protocol)
+        if slot.address is not None:
+            self._address_failures.pop((slot.address.host, slot.address.port), None)
+        log.info("APNs connection %d of %s to %s ready (up to %d streams)", slot.index + 1,
+                 self.app.app_id, _where(slot.address), protocol.available_streams())
+        self.pump()
 
-    def _stop_expired(self) -> None:
-        self._stop_timer = None
-        reason = f"the APNs client stopped after waiting {self.stop_timeout:g} s"
-        self.queue.fail_all(reason)
-        for pending in list(self._in_flight):
-            pending.fail(reason)
-        self._in_flight.clear()
-        for protocol in list(self._protocols):
-            protocol.abort(reason)
-        if self._connecting is not None:
-            self._connecting.cancel()
-        self._check_stopped()
+    def _goaway(self, slot: _Slot, protocol: H2ClientProtocol, reason: str) -> None:
+        """No new stream on ``protocol``: it drains, and another takes its place now."""
+        if protocol in self.ready:
+            self.ready.remove(protocol)
+        self._draining.add(protocol)
+        if slot.protocol is protocol:
+            slot.protocol = None
+            self._schedule(slot, served=protocol.answered > 0)
+
+    def _closed(self, slot: _Slot, protocol: H2ClientProtocol, reason: str) -> None:
+        self._draining.discard(protocol)
+        if protocol in self.ready:
+            self.ready.remove(protocol)
+        if slot.protocol is protocol:
+            slot.protocol = None
+            if protocol.ready:
+                log.log(logging.INFO if self.stopping else logging.WARNING,
+                        "APNs connection %d of %s to %s closed: %s", slot.index + 1, self.app.app_id,
+                        _where(slot.address), reason)
+                self.connection_failure = reason
+                self._schedule(slot, served=protocol.answered > 0)
+            else:
+                if slot.handshake_timer is not None and slot.handshake_timer.active():
+                    slot.handshake_timer.cancel()
+                slot.handshake_timer = None
+                self._never_ready(slot, f"connection to {_where(slot.address)} failed: {reason}")
+        if self.stopping:
+            self._check_closed()
+
+    def _never_ready(self, slot: _Slot, reason: str) -> None:
+        """A connection attempt of ``slot`` ended before the connection was ready."""
+        if slot.handshake_timer is not None and slot.handshake_timer.active():
+            slot.handshake_timer.cancel()
+        slot.handshake_timer = None
+        self.connection_failure = reason
+        if slot.address is not None:
+            self._address_failures[(slot.address.host, slot.address.port)] = self.reactor.seconds()
+        if self.stopping:
+            self._check_closed()
+            return
+        log.warning("APNs client for %s: %s", self.app.app_id, reason)
+        self._schedule(slot, served=False)
+
+    def _schedule(self, slot: _Slot, served: bool) -> None:
+        """The next connection of ``slot``: at once after one that served
+        pushes, else after a backoff that grows until a push is answered."""
+        if self.stopping or slot.busy or slot.reconnect_timer is not None:
+            return
+        if served:
+            delay = 0.0
+        else:
+            delay = self._before_deadlines(backoff_delay(slot.failures, self.reconnect_initial,
+                                                         self.reconnect_max))
+            slot.failures += 1
+            log.info("APNs client for %s reconnects to %s in %.2f s", self.app.app_id, self.authority, delay)
+        self.reconnects += 1
+        slot.reconnect_timer = self.reactor.callLater(delay, self._connect, slot)
+
+    def _before_deadlines(self, delay: float, deadline: Optional[float] = None) -> float:
+        """``delay``, shortened so the pushes waiting get one more connection
+        attempt before their deadline: a 60 s backoff must not outlast a
+        call's 64 s budget while APNs may be back already."""
+        earliest = self.queue.earliest_deadline() if deadline is None else deadline
+        if earliest is None:
+            return delay
+        return min(delay, max(self.reconnect_initial, earliest - self.reactor.seconds() - LAST_CHANCE))
+
+    # -- closing ----------------------------------------------------------------
+
+    def close(self) -> Optional[Deferred]:
+        """Close every connection; fires when all are gone (dropped after close_grace)."""
+        for slot in self.slots:
+            slot.cancel_timers()
+            if slot.attempt is not None:
+                slot.attempt.cancel()
+        if not self._open_protocols():
+            return None
+        self._all_closed = Deferred()
+        for protocol in self._open_protocols():
+            protocol.close("the APNs client stopped")
+        self._close_timer = self.reactor.callLater(self.close_grace, self._drop_all)
+        self._check_closed()
+        return self._all_closed
+
+    def _open_protocols(self) -> Set[H2ClientProtocol]:
+        protocols = set(self.ready) | self._draining
+        protocols.update(slot.protocol for slot in self.slots if slot.protocol is not None)
+        return {protocol for protocol in protocols if not protocol.lost}
+
+    def _drop_all(self) -> None:
+        self._close_timer = None
+        for protocol in self._open_protocols():
+            protocol.abort(f"still open {self.close_grace:g} s after the APNs client stopped")
+
+    def _check_closed(self) -> None:
+        if self._all_closed is None or self._all_closed.called or self._open_protocols():
+            return
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+        self._all_closed.callback(None)

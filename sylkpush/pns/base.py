@@ -4,6 +4,10 @@ Every configured application gets one client object.  The dispatcher hands it
 an :class:`OutgoingPush` (already rendered headers and payload) and gets back a
 Deferred that fires exactly once with a :class:`PushResult`; it never errbacks
 for push-service failures, those are results too (503, 410, ...).
+
+The built-in clients, and custom ones that want queueing, retries and
+deadlines done for them, subclass :class:`sylkpush.pns.engine.DeliveryClient`
+and only say what happened to each attempt.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ class PushClient:
 
     #: platform name this client serves (``apple``, ``firebase``, ...)
     platform = ""
+    #: True when :meth:`send` always fires by the push's deadline; otherwise
+    #: the dispatcher answers the caller itself when the deadline has passed
+    enforces_deadlines = False
 
     def __init__(self, app: Any, reactor: Any) -> None:
         self.app = app
@@ -66,14 +73,22 @@ class PushClient:
         raise NotImplementedError
 
     def take_waiting(self) -> List[Any]:
-        """Remove the pushes still waiting in this client's queue (none sent
-        yet) and return them as PendingPush objects, for a reload that
-        replaces this client to hand them to its successor."""
+        """Remove the pushes waiting here (queued, or to be tried again) and
+        return them as PendingPush objects, for a reload that replaces this
+        client to hand them to its successor."""
         return []
 
     def stop(self) -> "Deferred[None]":
         """Stop taking work, finish what is in flight, close connections."""
         return succeed(None)
+
+    def answer_unfinished(self) -> Dict[int, int]:
+        """At a shutdown's drain deadline: answer every push still here now,
+        503 when none of its attempts reached the push service (safe to send
+        again), 504 when one was written and never answered (it may have been
+        delivered).  Returns how many got each code.  A client that cannot
+        tell leaves its callers to the server, which answers them 504."""
+        return {}
 
     def status(self) -> Dict[str, Any]:
         """Connection state for /health and /metrics.
@@ -84,6 +99,15 @@ class PushClient:
         return {"state": "ready", "queued": 0, "in_flight": 0, "reconnects": 0}
 
 
+#: why a push gets 504 at shutdown
+UNANSWERED_AT_SHUTDOWN = "sent, no answer from the push service before shutdown"
+
+
 def unavailable(reason: str, url: str = "", body: Optional[dict] = None) -> PushResult:
-    """A 503 result: the push service could not be reached in time."""
+    """A 503 result: not delivered (the push service could not be reached in time)."""
     return PushResult(503, reason, url, body or {})
+
+
+def unanswered(reason: str, url: str = "") -> PushResult:
+    """A 504 result: sent to the push service, whose answer never came."""
+    return PushResult(504, reason, url, {})

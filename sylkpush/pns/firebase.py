@@ -1,26 +1,26 @@
-"""Firebase Cloud Messaging client (SPEC §7): HTTP v1 with OAuth2, or the legacy API.
+"""Firebase Cloud Messaging client: HTTP v1 with OAuth2, or the legacy API.
 
-Pushes go out over a persistent HTTPS connection pool (treq), at most
-``max_in_flight`` at a time per application; the rest wait in a bounded
-:class:`~sylkpush.pns.pending.PendingQueue`.  429, 5xx and connection errors
+:class:`FirebaseClient` is a transport of the delivery engine
+(:class:`sylkpush.pns.engine.DeliveryClient`, which queues, bounds, times
+and retries): pushes go out over a persistent HTTPS connection pool, at most
+``max_in_flight`` at a time per application.  429, 5xx and connection errors
 are retried with exponential backoff (honouring ``Retry-After``) until the
 push's deadline, then answered 503 with the last failure.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from OpenSSL import SSL
 import treq
 from treq.client import HTTPClient
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError, TimeoutError
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionLost, DNSLookupError
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.python.failure import Failure
 from twisted.web.client import (Agent, HTTPConnectionPool, _HTTP11ClientFactory, RequestGenerationFailed, RequestTransmissionFailed,
@@ -31,9 +31,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushClient, PushResult
+from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
+from sylkpush.pns.engine import DeliveryClient, parse_retry_after
 from sylkpush.pns.google_oauth import AccessTokenSource, TokenError, load_service_account
-from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, PendingPush, PendingQueue, backoff_delay
+from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, PendingPush
 from sylkpush.pns.tls import client_tls_options
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,10 @@ LEGACY_ERRORS: Dict[str, Tuple[int, bool, str]] = {
 
 _REDACTED = "<redacted>"
 
-#: failures of the connection or the exchange; anything else is a bug
-NETWORK_ERRORS = (ConnectError, ConnectionLost, ConnectionDone, TimeoutError, DNSLookupError,
-                  ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed, RequestGenerationFailed,
-                  SSL.Error, OSError)
+#: failures before the request was written: FCM never saw it
+NOT_SENT_ERRORS = (ConnectError, DNSLookupError, RequestTransmissionFailed, RequestGenerationFailed, SSL.Error)
+#: failures after it was written: FCM may have acted on it
+UNANSWERED_ERRORS = (ConnectionLost, ConnectionDone, ResponseFailed, ResponseNeverReceived, OSError)
 
 
 @implementer(IBodyProducer)
@@ -166,43 +167,27 @@ class _CachedEndpoints:
         return endpoint
 
 
-class _Attempt(Exception):
-    """How one try ended when it did not produce the final answer."""
+class _Retry(Exception):
+    """An answer that asks for another try: after ``retry_after`` (the
+    service's Retry-After), at once, or after the usual backoff."""
 
-    def __init__(self, reason: str, retry: bool, delay: Optional[float] = None,
-                 result: Optional[PushResult] = None) -> None:
+    def __init__(self, reason: str, retry_after: Optional[float] = None, at_once: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.retry = retry
-        #: a delay the push service asked for (Retry-After)
-        self.delay = delay
-        #: the answer to give when retrying is not allowed or not possible
-        self.result = result
+        self.retry_after = retry_after
+        self.at_once = at_once
 
 
 class _FirebasePending(PendingPush):
     """A push plus what the Firebase client remembers between its tries."""
 
-    def __init__(self, push: OutgoingPush, reactor, url: str) -> None:
-        super().__init__(push, reactor, url)
+    def __init__(self, push: OutgoingPush, owner: Any, url: str) -> None:
+        super().__init__(push, owner, url)
         self.auth_retried = False
-        self.retry_timer = None
-
-
-def parse_retry_after(value: Optional[bytes], now: float) -> Optional[float]:
-    """Seconds to wait from a Retry-After header (seconds or an HTTP date); None when absent or bad."""
-    if not value:
-        return None
-    text = value.decode("latin-1").strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        parsed = email.utils.parsedate_tz(text)
-    except (TypeError, ValueError):
-        parsed = None
-    if parsed is None:
-        return None
-    return max(0.0, float(email.utils.mktime_tz(parsed)) - now)
+        #: the HTTP request of the current attempt, to cancel when it is abandoned
+        self.request: Optional[Deferred] = None
+        #: marks the current attempt: what an abandoned one reports later is ignored
+        self.current: object = None
 
 
 def _error_object(body: Dict[str, Any]) -> Dict[str, Any]:
@@ -228,7 +213,7 @@ def _about_token(error: Dict[str, Any]) -> bool:
     return False
 
 
-class FirebaseClient(PushClient):
+class FirebaseClient(DeliveryClient):
     """Sends pushes for one Firebase application.
 
     ``FirebaseClient(app, reactor)``: ``app`` is an AppConfig; ``clock``
@@ -237,12 +222,15 @@ class FirebaseClient(PushClient):
     """
 
     platform = "firebase"
+    name = "Firebase"
+    retry_initial = RETRY_INITIAL
+    retry_max = RETRY_CAP
+    attempt_timeout = ATTEMPT_TIMEOUT
 
     def __init__(self, app: Any, reactor: Any, clock: Any = None,
                  max_in_flight: Optional[int] = None, queue_limit: int = DEFAULT_QUEUE_LIMIT,
                  wall_time: Callable[[], float] = time.time) -> None:
-        super().__init__(app, reactor)
-        self.clock = clock if clock is not None else reactor
+        super().__init__(app, reactor, clock=clock, queue_limit=queue_limit)
         self.wall_time = wall_time
         self.legacy = bool(app.firebase_legacy)
         self.account = None
@@ -265,6 +253,7 @@ class FirebaseClient(PushClient):
         parts = urlsplit(self.url)
         if parts.scheme != "https" or not parts.hostname:
             raise ConfigError(f"firebase_push_url {self.url!r} is not an https URL")
+        self._netloc = parts.netloc
         if max_in_flight is None:
             try:
                 max_in_flight = int(app.option("firebase_max_in_flight", "") or DEFAULT_MAX_IN_FLIGHT)
@@ -285,88 +274,75 @@ class FirebaseClient(PushClient):
         self.http = HTTPClient(self.agent)
         self.tokens = (AccessTokenSource(self.account, self.http, reactor, self.clock, wall_time)
                        if self.account is not None else None)
-        self.queue = PendingQueue(queue_limit)
-        self.in_flight = 0
+        #: HTTP requests (and token waits) under way, answered or abandoned by the engine or not
+        self.requests = 0
         self.connection_failures = 0
-        self._waiting_retry: Dict[_FirebasePending, Any] = {}
-        self._stopping = False
-        self._drained: List[Deferred] = []
 
-    # --- PushClient --------------------------------------------------------------
+    # --- the transport of the engine ----------------------------------------------
 
-    def start(self) -> None:
+    @property
+    def peer(self) -> str:
+        return self._netloc
+
+    def push_url(self, push: OutgoingPush) -> str:
+        return self.url
+
+    def prepare(self, push: OutgoingPush) -> Union[PendingPush, PushResult]:
+        return _FirebasePending(push, self, self.url)
+
+    def open(self) -> None:
         """Fetch the first access token now, so the first push does not wait for it."""
         if self.tokens is not None:
             self.tokens.get().addErrback(lambda failure: None)  # logged by the token source
 
-    def send(self, push: OutgoingPush) -> "Deferred[PushResult]":
-        pending = _FirebasePending(push, self.clock, self.url)
-        pending.deferred.addCallback(self._log_result, push.request_id)
-        if self._stopping:
-            pending.fail("the Firebase client is stopping")
-        elif pending.time_left(self.clock) <= 0:
-            pending.fail("deadline passed before sending")
-        elif self.in_flight < self.max_in_flight and not len(self.queue):
-            self._attempt(pending)
-        elif not self.queue.put(pending):
-            log.warning("%s: queue full, answered 503", push.request_id)
-        return pending.deferred
+    def capacity(self) -> int:
+        return self.max_in_flight - self.requests
 
-    def take_waiting(self) -> List[PendingPush]:
-        """The pushes still queued here, handed to the client that replaces this one."""
-        return self.queue.take_all()
-
-    def stop(self) -> "Deferred[None]":
-        """Answer queued and backing-off pushes 503, let in-flight ones finish, close connections."""
-        self._stopping = True
-        if self.tokens is not None:
-            self.tokens.stop()  # pushes waiting for a token are answered now
-        self.queue.fail_all("the Firebase client stopped")
-        for pending, timer in list(self._waiting_retry.items()):
-            if timer.active():
-                timer.cancel()
-            pending.fail(f"the Firebase client stopped; last failure: {pending.last_failure}")
-        self._waiting_retry.clear()
-        if self.in_flight:
-            drained: Deferred = Deferred()
-            self._drained.append(drained)
-        else:
-            drained = succeed(None)
-
-        drained.addCallback(lambda _: self.pool.closeCachedConnections())
-        return drained.addCallback(lambda _: None)
-
-    def status(self) -> Dict[str, Any]:
-        if self._stopping:
-            state = "stopped"
-        elif self.tokens is not None and self.tokens._token is None:
-            state = "authenticating" if self.tokens.fetching else "no-access-token"
-        else:
-            state = "ready"
-        return {"state": state, "queued": len(self.queue), "in_flight": self.in_flight,
-                "retrying": len(self._waiting_retry), "reconnects": self.connection_failures,
-                "token_refreshes": self.tokens.refreshes if self.tokens is not None else 0}
-
-    # --- one try -------------------------------------------------------------------
-
-    def _attempt(self, pending: _FirebasePending) -> None:
-        self.in_flight += 1
-        pending.attempts += 1
+    def attempt(self, pending: PendingPush) -> None:
+        self.requests += 1
+        pending.current = current = object()
+        pending.request = None
         if self.tokens is not None:
             d = self.tokens.get()
             d.addCallback(lambda token: ("Bearer " + token, token))
         else:
             d = succeed(("key=" + self.app.firebase_authorization_key, None))
-        d.addCallback(self._post, pending)
+        d.addCallback(self._post, pending, current)
         d.addCallback(self._answered, pending)
-        d.addErrback(self._failed, pending)  # includes the retryable answers _answered raises
+        d.addErrback(self._failed, pending, current)  # includes the retryable answers _answered raises
         d.addErrback(self._bug, pending)
         d.addBoth(self._attempt_done)
 
-    def _post(self, authorization: Tuple[str, Optional[str]], pending: _FirebasePending) -> Deferred:
+    def abandon_attempt(self, pending: PendingPush) -> None:
+        request = pending.request
+        if request is not None and not request.called:
+            request.cancel()
+
+    def stop(self) -> "Deferred[None]":
+        if self.tokens is not None:
+            self.tokens.stop()  # pushes waiting for a token are answered now
+        return super().stop()
+
+    def close(self) -> Deferred:
+        return self.pool.closeCachedConnections()
+
+    def status(self) -> Dict[str, Any]:
+        if self.stopping:
+            state = "stopped"
+        elif self.tokens is not None and self.tokens._token is None:
+            state = "authenticating" if self.tokens.fetching else "no-access-token"
+        else:
+            state = "ready"
+        return dict(self.counts(), state=state, reconnects=self.connection_failures,
+                    token_refreshes=self.tokens.refreshes if self.tokens is not None else 0)
+
+    # --- one try -------------------------------------------------------------------
+
+    def _post(self, authorization: Tuple[str, Optional[str]], pending: _FirebasePending,
+              current: object) -> Deferred:
         push = pending.push
-        if pending.answered:  # the deadline passed while the token was fetched
-            return succeed(None)
+        if pending.current is not current or pending.answered:
+            return succeed(None)  # abandoned while the token was fetched
         header_value, access_token = authorization
         headers = {str(k): str(v) for k, v in push.headers.items()}
         for name in list(headers):
@@ -380,24 +356,16 @@ class FirebaseClient(PushClient):
             log.debug("%s: outgoing headers %s", push.request_id, json.dumps(shown))
             log.debug("%s: outgoing body %s", push.request_id, body.decode("utf-8"))
         headers["Authorization"] = header_value
-        pending.last_failure = f"no answer from {urlsplit(self.url).hostname}"
         # straight to the Agent: treq's URL handling (hyperlink, IDNA) costs a
         # third of the CPU of a push; the answer is still read with treq
+        pending.written = True
         request = self.agent.request(b"POST", self._url_bytes, Headers(
             {k.encode("latin-1"): [v.encode("latin-1")] for k, v in headers.items()}), _BytesProducer(body))
-        timeout = min(ATTEMPT_TIMEOUT, max(0.0, pending.time_left(self.clock)))
-        timer = self.clock.callLater(timeout, request.cancel)
+        pending.request = request
 
         def read(response):
             return treq.content(response).addCallback(lambda content: (response, content, access_token))
-
-        def done(result):
-            if timer.active():
-                timer.cancel()
-            elif isinstance(result, Failure) and result.check(CancelledError):
-                return Failure(_Attempt(f"no answer from {self.url} within {timeout:.1f} s", retry=True))
-            return result
-        return request.addCallback(read).addBoth(done)
+        return request.addCallback(read)
 
     def _answered(self, answer: Optional[Tuple[Any, bytes, Optional[str]]], pending: _FirebasePending) -> None:
         if answer is None:
@@ -419,7 +387,10 @@ class FirebaseClient(PushClient):
             result = self._legacy_result(response, content, body, pending)
         else:
             result = self._v1_result(response, body, access_token, pending)
-        pending.answer(result)
+        self.finish(pending, result)
+
+    def _retry_after(self, response: Any) -> Optional[float]:
+        return parse_retry_after(response.headers.getRawHeaders(b"retry-after", [None])[0], self.wall_time())
 
     def _v1_result(self, response, body: Dict[str, Any], access_token: Optional[str],
                    pending: _FirebasePending) -> PushResult:
@@ -438,14 +409,13 @@ class FirebaseClient(PushClient):
             if not pending.auth_retried and self.tokens is not None:
                 pending.auth_retried = True
                 self.tokens.invalidate(access_token)
-                raise _Attempt(f"access token refused: {reason}", retry=True, delay=0.0)
+                raise _Retry(f"access token refused: {reason}", at_once=True)
             return PushResult(401, reason, self.url, body)
         if (code == 404 and fcm_code == "UNREGISTERED") or \
                 (code == 400 and status == "INVALID_ARGUMENT" and _about_token(error)):
             return PushResult(410, reason, self.url, body)
         if code == 429 or code >= 500:
-            delay = parse_retry_after(response.headers.getRawHeaders(b"retry-after", [None])[0], self.wall_time())
-            raise _Attempt(f"{code} {reason}", retry=True, delay=delay, result=PushResult(code, reason, self.url, body))
+            raise _Retry(f"{code} {reason}", self._retry_after(response))
         return PushResult(code, reason, self.url, body)
 
     def _legacy_result(self, response, content: bytes, body: Dict[str, Any],
@@ -461,8 +431,7 @@ class FirebaseClient(PushClient):
             final, retry, description = LEGACY_ERRORS.get(error, (400, False, "FCM refused the message."))
             reason = f"{error} - {description}"
             if retry:
-                delay = parse_retry_after(response.headers.getRawHeaders(b"retry-after", [None])[0], self.wall_time())
-                raise _Attempt(reason, retry=True, delay=delay, result=PushResult(final, reason, self.url, body))
+                raise _Retry(reason, self._retry_after(response))
             return PushResult(final, reason, self.url, body)
         text = content.decode("utf-8", "replace").strip()
         reason = f"HTTP {code} {response.phrase.decode('latin-1', 'replace')}"
@@ -471,81 +440,43 @@ class FirebaseClient(PushClient):
         elif text and not body and len(text) < 200 and "<" not in text:
             reason += f" - {text}"
         if code == 429 or code >= 500:
-            delay = parse_retry_after(response.headers.getRawHeaders(b"retry-after", [None])[0], self.wall_time())
-            raise _Attempt(reason, retry=True, delay=delay, result=PushResult(code, reason, self.url, body))
+            raise _Retry(reason, self._retry_after(response))
         return PushResult(code, reason, self.url, body)
 
-    def _failed(self, failure: Failure, pending: _FirebasePending) -> None:
-        if failure.check(_Attempt):
-            attempt = failure.value
+    def _failed(self, failure: Failure, pending: _FirebasePending, current: object) -> None:
+        if pending.current is not current:
+            return  # an attempt the engine gave up on already
+        if failure.check(_Retry):
+            retry = failure.value
+            self.retry(pending, retry.reason, delay=0.0 if retry.at_once else None, retry_after=retry.retry_after)
         elif failure.check(TokenError):
             error = failure.value
             if error.permanent:
-                pending.answer(PushResult(503, f"no access token: {error.reason}", self.url, {}))
-                return
-            attempt = _Attempt(f"no access token: {error.reason}", retry=True)
+                self.finish(pending, PushResult(503, f"no access token: {error.reason}", self.url, {}))
+            else:
+                self.not_processed(pending, f"no access token: {error.reason}", backoff=True)
         elif failure.check(CancelledError):
-            attempt = _Attempt("request cancelled", retry=True)
-        elif failure.check(*NETWORK_ERRORS):
+            # abandoned by the engine (deadline, attempt timeout), which moved on already
+            self.unknown(pending, f"no answer from {self._netloc}", backoff=True)
+        elif failure.check(*NOT_SENT_ERRORS, *UNANSWERED_ERRORS):
             # connection refused, reset, TLS failure, ...: the pool reconnects on the next try
             self.connection_failures += 1
             text = failure.getErrorMessage() or failure.type.__name__
             if hasattr(failure.value, "reasons"):  # ResponseFailed / RequestGenerationFailed
                 text = "; ".join(r.getErrorMessage() or r.type.__name__ for r in failure.value.reasons)
-            attempt = _Attempt(f"connection to {urlsplit(self.url).netloc} failed: {text}", retry=True)
+            reason = f"connection to {self._netloc} failed: {text}"
+            if failure.check(*NOT_SENT_ERRORS):
+                self.not_processed(pending, reason, backoff=True)
+            else:
+                self.unknown(pending, reason, backoff=True)
         else:
             failure.raiseException()  # a bug: answered 500 by _bug
-        self._retry_or_answer(pending, attempt)
-
-    def _retry_or_answer(self, pending: _FirebasePending, attempt: _Attempt) -> None:
-        if pending.answered:
-            return
-        pending.last_failure = attempt.reason
-        if not attempt.retry:
-            pending.answer(attempt.result or PushResult(503, attempt.reason, self.url, {}))
-            return
-        if attempt.delay is not None:
-            delay = attempt.delay
-        else:
-            delay = backoff_delay(pending.attempts - 1, RETRY_INITIAL, RETRY_CAP)
-        left = pending.time_left(self.clock)
-        if delay >= left:
-            pending.fail(f"deadline passed: {attempt.reason}"
-                         + (f" (Retry-After {attempt.delay:g} s)" if attempt.delay else ""))
-            return
-        if self._stopping:
-            pending.fail(f"the Firebase client stopped; last failure: {attempt.reason}")
-            return
-        log.info("%s: %s; retrying in %.2f s", pending.push.request_id, attempt.reason, delay)
-        self._waiting_retry[pending] = self.clock.callLater(delay, self._retry, pending)
-
-    def _retry(self, pending: _FirebasePending) -> None:
-        self._waiting_retry.pop(pending, None)
-        if pending.answered:
-            return
-        if self.in_flight < self.max_in_flight:
-            self._attempt(pending)
-        else:
-            self.queue.put_front(pending)
 
     def _bug(self, failure: Failure, pending: _FirebasePending) -> None:
         log.error("%s: unexpected error in the Firebase client: %s", pending.push.request_id,
                   failure.getTraceback())
-        pending.answer(PushResult(500, f"internal error: {failure.getErrorMessage()}", self.url, {}))
+        self.finish(pending, PushResult(500, f"internal error: {failure.getErrorMessage()}", self.url, {}))
 
     def _attempt_done(self, _: Any) -> None:
-        self.in_flight -= 1
-        while self.in_flight < self.max_in_flight and not self._stopping:
-            pending = self.queue.get()
-            if pending is None:
-                break
-            self._attempt(pending)
-        if self._stopping and self.in_flight == 0:
-            drained, self._drained = self._drained, []
-            for d in drained:
-                d.callback(None)
-
-    def _log_result(self, result: PushResult, request_id: str) -> PushResult:
-        # the dispatcher logs every result at INFO; this line only adds up with debug
-        log.debug("%s: FCM result %d %s", request_id, result.code, result.reason)
-        return result
+        self.requests -= 1
+        self.pump()

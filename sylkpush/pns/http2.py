@@ -7,13 +7,30 @@ manager, e.g. :class:`sylkpush.pns.apple.AppleClient`) what happened.
 
 Listener methods: ``connection_ready(protocol)`` (TLS done, ALPN h2, the
 peer's first SETTINGS received), ``streams_available(protocol)`` (a stream
-closed or the peer raised its stream limit), ``connection_goaway(protocol,
-reason)`` and ``connection_closed(protocol, reason)``.
+closed, the peer raised its stream limit, or a suspect connection proved
+alive), ``connection_goaway(protocol, reason)`` (no new stream may be
+opened: the peer said GOAWAY, or the stream ids are nearly used up),
+``connection_silent(protocol)`` (about to be dropped for silence: the other
+connections may be silent too, see :meth:`H2ClientProtocol.probe`) and
+``connection_closed(protocol, reason)``.
 
 A stream's handler gets exactly one call: ``response(status, headers, body)``
-or ``failed(kind, reason)`` where ``kind`` is :data:`REFUSED` (the peer did not
-process it: safe to send again), :data:`RESET` (the peer reset it) or
-:data:`LOST` (the connection went away before the answer).
+or ``failed(kind, reason)`` where ``kind`` is :data:`REFUSED` (RST_STREAM
+REFUSED_STREAM: not processed, the peer is busy), :data:`UNPROCESSED` (above a
+GOAWAY's last stream id, or its body never completely sent: safe to send
+again at once), :data:`RESET` (another RST_STREAM: the peer may have acted on
+it) or :data:`LOST` (written, and the connection went away or went silent
+before the answer).
+
+Liveness is checked by one timer per connection, never one per request:
+every :attr:`H2ClientProtocol.check_interval` it looks at the oldest open
+stream.  When that stream has waited ``answer_timeout`` seconds and nothing
+at all came from the peer meanwhile, a PING goes out; without any frame back
+within ``answer_timeout`` more, the connection is silent (a dead NAT entry, a
+crashed host: no FIN, no RST) and is dropped, its streams reported LOST.
+While such a PING is out the connection is suspect and takes no new request.
+An idle connection is PINGed after ``ping_interval`` seconds and dropped when
+the ACK does not come within ``ping_timeout``.
 """
 
 from __future__ import annotations
@@ -37,15 +54,24 @@ from zope.interface import implementer
 log = logging.getLogger(__name__)
 
 REFUSED = "refused"
+UNPROCESSED = "unprocessed"
 RESET = "reset"
 LOST = "lost"
 
+#: streams open at once on one connection at most, whatever the peer allows
+#: (h2 assumes 2**32 when the peer says nothing)
+MAX_STREAMS = 1000
+#: no stream is opened past this id: the connection is retired first (the
+#: last one a client may use is 2**31 - 1)
+LAST_STREAM_ID = 2 ** 31 - 1 - 2 * MAX_STREAMS
+
 
 class _Stream:
-    __slots__ = ("handler", "body", "sent", "status", "headers", "data")
+    __slots__ = ("handler", "body", "sent", "status", "headers", "data", "opened")
 
-    def __init__(self, handler: Any, body: bytes) -> None:
+    def __init__(self, handler: Any, body: bytes, opened: float) -> None:
         self.handler = handler
+        self.opened = opened
         self.body = memoryview(body)
         self.sent = 0
         self.status = 0
@@ -114,24 +140,37 @@ class H2ClientProtocol(Protocol):
     """One HTTP/2 client connection.
 
     ``ping_interval``: after that many idle seconds a PING is sent; without its
-    ACK within ``ping_timeout`` the connection is dropped.
+    ACK within ``ping_timeout`` the connection is dropped.  ``answer_timeout``:
+    see the module's description.  After GOAWAY, streams the peer still owes
+    an answer get ``ping_timeout`` seconds.
     """
 
+    #: seconds between two liveness checks
+    check_interval = 0.25
+
     def __init__(self, listener: Any, reactor: Any, ping_interval: float = 60.0,
-                 ping_timeout: float = 20.0) -> None:
+                 ping_timeout: float = 20.0, answer_timeout: float = 1.5,
+                 max_streams: int = MAX_STREAMS) -> None:
         self.listener = listener
         self.reactor = reactor
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.answer_timeout = answer_timeout
+        self.max_streams = max_streams
         self.conn: Optional[CountingH2Connection] = None
         self.ready = False
         self.closing = False
+        self.lost = False
+        #: requests answered on this connection
+        self.answered = 0
         self._streams: Dict[int, _Stream] = {}
         self._blocked: Set[int] = set()
-        self._last_activity = 0.0
-        self._ping_timer: Any = None
-        self._ping_ack_timer: Any = None
-        self._drain_timer: Any = None
+        self._last_received = 0.0
+        self._ping_sent: Optional[float] = None
+        #: a PING must prove the connection alive before it takes more requests
+        self._suspect = False
+        self._closing_since = 0.0
+        self._check_timer: Any = None
         self._close_reason = "connection closed"
         self._max_streams = 0
 
@@ -145,8 +184,8 @@ class H2ClientProtocol(Protocol):
         self.conn = CountingH2Connection(config, lambda: len(self._streams))
         self.conn.initiate_connection()
         self.conn.update_settings({SettingCodes.ENABLE_PUSH: 0})
-        self._last_activity = self.reactor.seconds()
-        self._ping_timer = self.reactor.callLater(self.ping_interval, self._check_idle)
+        self._last_received = self.reactor.seconds()
+        self._check_timer = self.reactor.callLater(self.check_interval, self._check)
         self.flush()
 
     def handshakeCompleted(self) -> None:  # noqa: N802
@@ -157,7 +196,7 @@ class H2ClientProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self.conn is None or self.closing and not self._streams:
             return
-        self._last_activity = self.reactor.seconds()
+        self._last_received = self.reactor.seconds()
         try:
             events = self.conn.receive_data(data)
         except H2Error as exc:
@@ -168,20 +207,28 @@ class H2ClientProtocol(Protocol):
             if handler is not None:
                 handler(self, event)
         self.flush()
+        if self._suspect:  # the peer spoke: alive
+            self._suspect = False
+            if not self.closing:
+                self.listener.streams_available(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+        self.lost = True
         self._cancel_timers()
         if not self.closing:
             self._close_reason = f"connection lost: {reason.getErrorMessage() if reason else 'closed'}"
         self.closing = True
-        self._fail_streams(lambda stream_id: LOST, self._close_reason)
+        self._fail_streams(self._close_reason)
         self.listener.connection_closed(self, self._close_reason)
 
     # -- what the connection manager calls ---------------------------------
 
     def available_streams(self) -> int:
         """How many more requests the peer lets us have open right now."""
-        if not self.ready or self.closing:
+        if not self.ready or self.closing or self._suspect:
+            return 0
+        if self.conn.highest_outbound_stream_id >= LAST_STREAM_ID:
+            self._retire("stream ids nearly used up")
             return 0
         return self._max_streams - len(self._streams)
 
@@ -196,13 +243,33 @@ class H2ClientProtocol(Protocol):
         :meth:`flush` after a batch of requests.
         """
         assert self.conn is not None
-        stream_id = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream_id, headers, end_stream=not body)
-        stream = _Stream(handler, body)
+        try:
+            stream_id = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(stream_id, headers, end_stream=not body)
+        except H2Error as exc:
+            # available_streams() said yes: only a bug gets here, and the
+            # request was never sent; the connection takes no more
+            self._retire(f"cannot open a stream: {exc}")
+            handler.failed(UNPROCESSED, f"cannot open a stream: {exc}")
+            return 0
+        stream = _Stream(handler, body, self.reactor.seconds())
         self._streams[stream_id] = stream
         if body:
             self._send_body(stream_id, stream)
         return stream_id
+
+    def probe(self) -> None:
+        """Make sure the peer is alive before more requests go here: unless
+        it spoke within ``answer_timeout``, PING it and take no new request
+        until something comes back (dropped as silent otherwise)."""
+        if not self.ready or self.closing:
+            return
+        now = self.reactor.seconds()
+        if now - self._last_received < self.answer_timeout:
+            return
+        self._suspect = True
+        if self._ping_sent is None:
+            self._ping(now)
 
     def flush(self) -> None:
         """Write what h2 has queued, in one go."""
@@ -213,29 +280,33 @@ class H2ClientProtocol(Protocol):
             self.transport.write(data)
 
     def close(self, reason: str = "closed by the client") -> None:
-        """Say GOAWAY and close; streams still open are reported LOST."""
-        if self.closing or self.conn is None:
+        """Say GOAWAY (unless closing already) and close; streams still open are reported LOST."""
+        if self.conn is None or self.lost:
             return
-        self.closing = True
-        self._close_reason = reason
-        try:
-            self.conn.close_connection()
-            self.flush()
-        except H2Error:
-            pass
+        if not self.closing:
+            self.closing = True
+            self._closing_since = self.reactor.seconds()
+            self._close_reason = reason
+            try:
+                self.conn.close_connection()
+                self.flush()
+            except H2Error:
+                pass
         self.transport.loseConnection()
 
     def abort(self, reason: str) -> None:
-        """Drop the connection at once (protocol errors, dead peer)."""
+        """Drop the connection at once (protocol errors, dead peer); its open
+        streams are reported now, so they can be sent again elsewhere."""
         log.warning("closing HTTP/2 connection to %s: %s", self._peer(), reason)
         self.closing = True
         self._close_reason = reason
+        self._fail_streams(reason)
         self.transport.abortConnection()
 
     # -- h2 events ------------------------------------------------------------
 
     def _on_settings(self, event: RemoteSettingsChanged) -> None:
-        self._max_streams = self.conn.remote_settings.max_concurrent_streams
+        self._max_streams = min(self.conn.remote_settings.max_concurrent_streams, self.max_streams)
         if not self.ready:
             self.ready = True
             self.listener.connection_ready(self)
@@ -270,6 +341,7 @@ class H2ClientProtocol(Protocol):
         if stream.unsent:
             # the peer answered before reading all of the body: close our side too
             self.conn.reset_stream(event.stream_id, ErrorCodes.CANCEL)
+        self.answered += 1
         stream.handler.response(stream.status, stream.headers, b"".join(stream.data))
         self._stream_closed()
 
@@ -295,7 +367,8 @@ class H2ClientProtocol(Protocol):
     def _on_goaway(self, event: ConnectionTerminated) -> None:
         # Streams above last_stream_id were never processed: safe to send
         # again elsewhere.  Those up to it are still answered on this
-        # connection; it closes after the last of them, or after ping_timeout.
+        # connection; it closes after the last of them, or after ping_timeout
+        # (then they are LOST: the peer may have acted on them).
         code = event.error_code
         name = code.name if isinstance(code, ErrorCodes) else str(code)
         extra = ""
@@ -305,6 +378,8 @@ class H2ClientProtocol(Protocol):
         last = event.last_stream_id if event.last_stream_id is not None else 0
         log.info("HTTP/2 connection to %s: %s, last stream %s", self._peer(), reason, last)
         first_goaway = not self.closing
+        if first_goaway:
+            self._closing_since = self.reactor.seconds()
         self.closing = True
         self._close_reason = reason
         refused = {stream_id: stream for stream_id, stream in self._streams.items() if stream_id > last}
@@ -312,18 +387,23 @@ class H2ClientProtocol(Protocol):
             del self._streams[stream_id]
             self._blocked.discard(stream_id)
         for stream_id in sorted(refused, reverse=True):
-            refused[stream_id].handler.failed(REFUSED, reason)
+            refused[stream_id].handler.failed(UNPROCESSED, reason)
         if first_goaway:
             self.listener.connection_goaway(self, reason)
         if not self._streams:
             self.transport.loseConnection()
-        elif self._drain_timer is None:
-            self._drain_timer = self.reactor.callLater(self.ping_timeout, self._drain_timed_out)
 
-    def _drain_timed_out(self) -> None:
-        self._drain_timer = None
-        self.abort(f"{self._close_reason}: {len(self._streams)} streams unanswered "
-                   f"{self.ping_timeout:g} s later")
+    def _retire(self, reason: str) -> None:
+        """Open no more streams here; close once those open are answered."""
+        if self.closing:
+            return
+        log.info("HTTP/2 connection to %s retired: %s", self._peer(), reason)
+        self.closing = True
+        self._closing_since = self.reactor.seconds()
+        self._close_reason = f"retired: {reason}"
+        self.listener.connection_goaway(self, self._close_reason)
+        if not self._streams and self.transport is not None:
+            self.transport.loseConnection()
 
     def _stream_closed(self) -> None:
         """After a stream ended: the manager may start another, or a
@@ -335,9 +415,7 @@ class H2ClientProtocol(Protocol):
             self.listener.streams_available(self)
 
     def _on_ping_ack(self, event: PingAckReceived) -> None:
-        if self._ping_ack_timer is not None and self._ping_ack_timer.active():
-            self._ping_ack_timer.cancel()
-        self._ping_ack_timer = None
+        self._ping_sent = None
 
     _EVENTS = {
         RemoteSettingsChanged: _on_settings,
@@ -376,38 +454,56 @@ class H2ClientProtocol(Protocol):
             if stream_id in self._blocked:
                 break  # the connection window is used up again
 
-    def _fail_streams(self, kind_of: Any, reason: str) -> None:
+    def _fail_streams(self, reason: str) -> None:
+        """Every open stream LOST (UNPROCESSED when its body was not all sent)."""
         # newest first, so a manager that puts them back at the front of its
         # queue keeps their original order
         streams, self._streams = self._streams, {}
         self._blocked.clear()
         for stream_id in sorted(streams, reverse=True):
-            streams[stream_id].handler.failed(kind_of(stream_id), reason)
+            stream = streams[stream_id]
+            stream.handler.failed(UNPROCESSED if stream.unsent else LOST, reason)
 
-    def _check_idle(self) -> None:
-        self._ping_timer = None
+    def _check(self) -> None:
+        """The liveness check (see the module's description)."""
+        now = self.reactor.seconds()
+        self._check_timer = self.reactor.callLater(self.check_interval, self._check)
         if self.closing:
-            return
-        idle = self.reactor.seconds() - self._last_activity
-        if idle >= self.ping_interval and self._ping_ack_timer is None:
-            try:
-                self.conn.ping(os.urandom(8))
-            except H2Error:
+            if not self._streams:
                 return
-            self.flush()
-            self._ping_ack_timer = self.reactor.callLater(self.ping_timeout, self._ping_timed_out)
-            idle = 0.0
-        self._ping_timer = self.reactor.callLater(max(0.1, self.ping_interval - idle), self._check_idle)
+            if now - self._closing_since >= self.ping_timeout:
+                self.abort(f"{self._close_reason}: {len(self._streams)} streams unanswered "
+                           f"{self.ping_timeout:g} s later")
+                return
+        if self._ping_sent is not None:
+            limit = self.answer_timeout if self._streams else self.ping_timeout
+            if now - self._ping_sent >= limit:
+                waiting = f"{len(self._streams)} requests unanswered, " if self._streams else ""
+                self.listener.connection_silent(self)
+                self.abort(f"connection to {self._peer()} went silent: {waiting}no answer to PING "
+                           f"within {limit:g} s")
+            return
+        quiet = now - self._last_received
+        if self._streams:
+            oldest = next(iter(self._streams.values())).opened
+            if now - oldest >= self.answer_timeout and quiet >= self.answer_timeout:
+                self._suspect = True
+                self._ping(now)
+        elif quiet >= self.ping_interval:
+            self._ping(now)
 
-    def _ping_timed_out(self) -> None:
-        self._ping_ack_timer = None
-        self.abort(f"no answer to PING within {self.ping_timeout:g} s")
+    def _ping(self, now: float) -> None:
+        try:
+            self.conn.ping(os.urandom(8))
+        except H2Error:
+            return
+        self._ping_sent = now
+        self.flush()
 
     def _cancel_timers(self) -> None:
-        for timer in (self._ping_timer, self._ping_ack_timer, self._drain_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._ping_timer = self._ping_ack_timer = self._drain_timer = None
+        if self._check_timer is not None and self._check_timer.active():
+            self._check_timer.cancel()
+        self._check_timer = None
 
     def _peer(self) -> str:
         try:

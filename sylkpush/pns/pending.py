@@ -1,25 +1,33 @@
-"""What both push-service clients share: a push waiting for its outcome.
+"""A push waiting for its outcome, and the line of pushes waiting to be tried.
 
-A :class:`PendingPush` is answered exactly once: by the client with the push
-service's result, or by its own deadline timer with 503.  A
-:class:`PendingQueue` holds the pushes that wait for a connection or a free
-stream; it is bounded, and pushes whose deadline passed while they waited are
-dropped from it (they were already answered).
+A :class:`PendingPush` is answered exactly once: with the push service's
+result, or by its deadline.  Where it stands meanwhile (queued, in flight,
+waiting to retry) is kept by the client that owns it
+(:class:`sylkpush.pns.engine.DeliveryClient`), which is told of every answer
+so its counts never drift.  A :class:`PendingQueue` is the FIFO of pushes
+waiting for a connection or a free stream.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Callable, Deque, List, Optional
+from typing import Any, Callable, Deque, List, Optional
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 
 from sylkpush.pns.base import OutgoingPush, PushResult, unavailable
 
-#: default bound of a client's queue (SPEC §6)
+#: default bound of a client: pushes queued, in flight and waiting to retry together
 DEFAULT_QUEUE_LIMIT = 10_000
+
+# where a PendingPush stands
+NEW = "new"
+QUEUED = "queued"
+IN_FLIGHT = "in flight"
+RETRYING = "waiting to retry"
+HANDED_OVER = "handed over"
+ANSWERED = "answered"
 
 
 def backoff_delay(attempt: int, initial: float, cap: float,
@@ -32,30 +40,48 @@ def backoff_delay(attempt: int, initial: float, cap: float,
 
 
 class PendingPush:
-    """A push and the Deferred its caller waits on."""
+    """A push and the Deferred its caller waits on.
 
-    def __init__(self, push: OutgoingPush, reactor: IReactorTime, url: str) -> None:
+    ``owner`` provides ``clock`` (IReactorTime), ``settled(pending, state,
+    result)`` (called once, just before ``result`` is given; ``state`` is
+    where the push stood) and ``expired(pending)`` (the deadline passed
+    unanswered).
+    """
+
+    def __init__(self, push: OutgoingPush, owner: Any, url: str) -> None:
         self.push = push
         self.url = url
+        self.owner = owner
         self.deferred: "Deferred[PushResult]" = Deferred()
         self.attempts = 0
-        #: whether it stands in a PendingQueue now, and whether one watches its answer
-        self.queued = False
-        self.watched = False
+        self.state = NEW
         #: why the last try failed; part of the 503 reason at the deadline
-        self.last_failure = "no connection to the push service"
-        self._timer = reactor.callLater(max(0.0, push.deadline - reactor.seconds()), self._expire)
+        self.last_failure = ""
+        #: the current attempt reached the push service's connection
+        self.written = False
+        #: an earlier attempt was written and never answered: it may have been delivered
+        self.maybe_delivered = False
+        clock = owner.clock
+        self._timer = clock.callLater(max(0.0, push.deadline - clock.seconds()), owner.expired, self)
 
     @property
     def answered(self) -> bool:
-        return self.deferred.called
+        return self.state is ANSWERED
+
+    @property
+    def unanswered_write(self) -> bool:
+        """True when the push may have reached the push service without an answer."""
+        return self.maybe_delivered or (self.written and self.state is IN_FLIGHT)
 
     def answer(self, result: PushResult) -> bool:
-        """Fire the Deferred with ``result``; False when it was answered already."""
-        if self.deferred.called:
+        """Give the caller ``result``; False when it was answered already."""
+        state = self.state
+        if state is ANSWERED:
             return False
+        self.state = ANSWERED
         if self._timer.active():
             self._timer.cancel()
+        self.owner.settled(self, state, result)
         self.deferred.callback(result)
         return True
 
@@ -63,38 +89,30 @@ class PendingPush:
         """Answer 503 now with ``reason``."""
         return self.answer(unavailable(reason, self.url))
 
-    def time_left(self, reactor: IReactorTime) -> float:
-        return self.push.deadline - reactor.seconds()
-
-    def _expire(self) -> None:
-        self.answer(unavailable(f"deadline passed: {self.last_failure}", self.url))
+    def time_left(self) -> float:
+        return self.push.deadline - self.owner.clock.seconds()
 
 
 class PendingQueue:
-    """A bounded FIFO of pushes waiting for a connection or a free stream.
+    """The FIFO of pushes waiting for a connection or a free stream.
 
-    A push answered while it waits (its deadline passed) stops counting at
-    once, wherever it stands in the line, so expired calls never fill the
-    queue ahead of live ones; its slot in the deque is reclaimed when it
-    reaches the front or at the next compaction.
+    A push answered while it waits (its deadline passed) is taken out of the
+    count at once with :meth:`discard`; its slot in the deque is reclaimed
+    when it reaches the front or at the next compaction.  The queue has no
+    bound of its own: the owning client bounds everything it holds.
     """
 
-    def __init__(self, limit: int = DEFAULT_QUEUE_LIMIT) -> None:
-        self.limit = limit
+    def __init__(self) -> None:
         self._items: Deque[PendingPush] = deque()
-        self._waiting = 0  # pushes in _items not answered yet
+        self._waiting = 0  # pushes in _items still QUEUED
 
     def __len__(self) -> int:
         return self._waiting
 
-    def put(self, pending: PendingPush) -> bool:
-        """Queue ``pending``; when the queue is full answer it 503 and return False."""
-        if self._waiting >= self.limit:
-            pending.fail(f"queue full ({self.limit} requests waiting)")
-            return False
+    def put(self, pending: PendingPush) -> None:
+        """Queue ``pending`` behind the others."""
         self._enter(pending)
         self._items.append(pending)
-        return True
 
     def put_front(self, pending: PendingPush) -> None:
         """Put back a push whose try failed; it keeps its place ahead of newer ones."""
@@ -102,17 +120,23 @@ class PendingQueue:
         self._items.appendleft(pending)
 
     def get(self) -> Optional[PendingPush]:
-        """The oldest push not answered yet, or None."""
-        while self._items:
-            pending = self._items.popleft()
-            if pending.queued:
-                pending.queued = False
+        """The oldest push still waiting, out of the queue (its state is the caller's to set)."""
+        items = self._items
+        while items:
+            pending = items.popleft()
+            if pending.state is QUEUED:
+                pending.state = NEW
                 self._waiting -= 1
                 return pending
         return None
 
+    def discard(self, pending: PendingPush) -> None:
+        """``pending`` (QUEUED) leaves the line where it stands."""
+        self._waiting -= 1
+        pending.state = NEW
+
     def take_all(self) -> List[PendingPush]:
-        """Remove and return every waiting push, oldest first (not answering them)."""
+        """Remove and return every waiting push, oldest first."""
         taken = []
         while True:
             pending = self.get()
@@ -122,28 +146,11 @@ class PendingQueue:
 
     def earliest_deadline(self) -> Optional[float]:
         """The nearest deadline of the pushes waiting, or None when none waits."""
-        deadlines = [pending.push.deadline for pending in self._items if pending.queued]
+        deadlines = [pending.push.deadline for pending in self._items if pending.state is QUEUED]
         return min(deadlines) if deadlines else None
 
-    def fail_all(self, reason: str) -> None:
-        """Answer every waiting push 503 (used when a client is stopped)."""
-        while True:
-            pending = self.get()
-            if pending is None:
-                return
-            pending.fail(reason)
-
     def _enter(self, pending: PendingPush) -> None:
-        if not pending.watched:
-            pending.watched = True
-            pending.deferred.addBoth(self._answered, pending)
-        pending.queued = True
+        pending.state = QUEUED
         self._waiting += 1
         if len(self._items) > 2 * self._waiting + 64:
-            self._items = deque(p for p in self._items if p.queued)
-
-    def _answered(self, result: object, pending: PendingPush) -> object:
-        if pending.queued:
-            pending.queued = False
-            self._waiting -= 1
-        return result
+            self._items = deque(p for p in self._items if p.state is QUEUED)

@@ -23,9 +23,11 @@ FAULTS: Dict[str, Callable[[Any, int], Any]] = {
     # FakeAPNs and FakeFCM: fail, slow, restart, stop, start; the others FakeAPNs only
     "drop": lambda fake, count: fake.drop_next(count),
     "fail": lambda fake, count: fake.fail_next(count, 500),
+    "fail_all": lambda fake, count: fake.fail_all(count or None),  # count: the status; 0 ends it
     "fail503": lambda fake, count: fake.fail_next(count, 503),
     "reset": lambda fake, count: fake.reset_next(count),
     "goaway": lambda fake, count: fake.goaway_now("bench"),
+    "silence": lambda fake, count: [fake.silence_one() for _ in range(max(1, count))],
     "goaway_after": lambda fake, count: fake.goaway_after(count),
     "slow": lambda fake, count: setattr(fake, "delay", count / 1000.0),
     "restart": lambda fake, count: fake.restart(),

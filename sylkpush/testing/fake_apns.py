@@ -7,9 +7,11 @@ by its CA, or a provider JWT (ES256, ``kid``, ``iss``, ``iat`` at most one hour
 old) verified with the public half of the ``.p8`` key it wrote.
 
 Everything a test needs to script is a method or attribute: answer a token
-with a given status, delay answers, fail or reset the next requests, send
-GOAWAY, drop the connection mid-stream, advertise a small stream limit,
-expire the provider token, stop and start again on the same port.  Every
+with a given status, delay answers, fail or reset the next requests (or fail
+all of them), send GOAWAY, drop the connection mid-stream, stop reading and
+answering one connection without closing it (a silent peer), advertise a
+small stream limit, expire the provider token, stop and start again on the
+same port.  Every
 accepted notification is recorded in :attr:`FakeAPNs.notifications` and
 counted per ``apns-id`` in :attr:`FakeAPNs.deliveries`.
 
@@ -67,6 +69,10 @@ TOKEN_MAX_AGE = 3600
 WINDOW = 16 * 1024 * 1024
 
 
+def _failure_reason(status: int) -> str:
+    return {500: "InternalServerError", 503: "ServiceUnavailable"}.get(status, "InternalServerError")
+
+
 @dataclass
 class Delivery:
     """One notification the fake accepted."""
@@ -100,6 +106,8 @@ class FakeAPNsProtocol(Protocol):
         self.closing = False
         #: after a graceful GOAWAY: answering what it took, then closing
         self.draining = False
+        #: reads nothing and answers nothing, and never closes (see go_silent)
+        self.silent = False
         self.lost = Deferred()
         self._flush_call: Any = None
 
@@ -124,7 +132,7 @@ class FakeAPNsProtocol(Protocol):
         self.client_certificate = self.transport.getPeerCertificate() is not None
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self.closing:
+        if self.closing or self.silent:
             return
         try:
             events = self.conn.receive_data(data)
@@ -188,11 +196,14 @@ class FakeAPNsProtocol(Protocol):
         client that retried them would be blamed for a duplicate the fake made."""
         self._flush()
         self.closing = True
-        self.transport.loseConnection()
+        if self.silent:  # it reads nothing: a TLS close would wait for its peer forever
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def answer(self, request: _Request, status: int, apns_id: str, body: Optional[dict]) -> bool:
         """Write the answer of ``request``; False when the stream or connection is gone."""
-        if self.closing or self.requests.pop(request.stream_id, None) is None:
+        if self.closing or self.silent or self.requests.pop(request.stream_id, None) is None:
             return False
         headers = [(":status", str(status)), ("apns-id", apns_id)]
         data = b""
@@ -214,6 +225,20 @@ class FakeAPNsProtocol(Protocol):
             self._flush_soon()
         return True
 
+    def go_silent(self) -> None:
+        """Stop reading and answering, without FIN or RST: what a client sees
+        when a NAT or firewall on the way forgets the connection, or the
+        server's host dies.  Requests not answered yet are never delivered."""
+        if self.closing or self.silent:
+            return
+        self._flush()  # answers counted as delivered go out first
+        self.silent = True
+        for request in self.requests.values():
+            if request.timer is not None and request.timer.active():
+                request.timer.cancel()
+        self.requests.clear()
+        self.transport.pauseProducing()  # the TCP transport under TLS: the kernel buffers fill up
+
     def goaway_gracefully(self) -> None:
         """GOAWAY naming the last stream received, as a server that shuts
         down does: those streams are still answered, then it closes."""
@@ -231,7 +256,7 @@ class FakeAPNsProtocol(Protocol):
             self.transport.loseConnection()
 
     def reset(self, request: _Request) -> None:
-        if self.requests.pop(request.stream_id, None) is not None and not self.closing:
+        if self.requests.pop(request.stream_id, None) is not None and not self.closing and not self.silent:
             self.conn.reset_stream(request.stream_id, ErrorCodes.INTERNAL_ERROR)
             self._flush_soon()
 
@@ -340,6 +365,9 @@ class FakeAPNs:
         # scripts
         self._token_answers: Dict[str, Tuple[int, str]] = {}
         self._fail_next: List[Tuple[int, str]] = []
+        #: (status, reason) for every valid request, or None
+        self._fail_all: Optional[Tuple[int, str]] = None
+        self.silenced = 0
         self._reset_next = 0
         self._drop_next = 0
         self._goaway_after: Optional[int] = None
@@ -403,8 +431,21 @@ class FakeAPNs:
 
     def fail_next(self, count: int, status: int = 500) -> None:
         """Answer the next ``count`` valid requests with 500 or 503."""
-        reason = {500: "InternalServerError", 503: "ServiceUnavailable"}.get(status, "InternalServerError")
-        self._fail_next.extend([(status, reason)] * count)
+        self._fail_next.extend([(status, _failure_reason(status))] * count)
+
+    def fail_all(self, status: Optional[int] = 500) -> None:
+        """Answer every valid request with ``status`` (500 or 503) from now on; None: stop."""
+        self._fail_all = (status, _failure_reason(status)) if status else None
+
+    def silence_one(self) -> bool:
+        """One connection (the one with most requests waiting) stops reading
+        and answering, without closing; False when none is open."""
+        open_ones = [c for c in self._connections if not c.closing and not c.silent]
+        if not open_ones:
+            return False
+        max(open_ones, key=lambda c: len(c.requests)).go_silent()
+        self.silenced += 1
+        return True
 
     def reset_next(self, count: int) -> None:
         """Reset the streams of the next ``count`` requests (RST_STREAM INTERNAL_ERROR)."""
@@ -484,6 +525,9 @@ class FakeAPNs:
         status, reason, delivery = self._check(connection, request, headers)
         if status == 200 and self._fail_next:
             status, reason = self._fail_next.pop(0)
+            delivery = None
+        elif status == 200 and self._fail_all is not None:
+            status, reason = self._fail_all
             delivery = None
         goaway = False
         if self._goaway_after is not None:
