@@ -86,6 +86,7 @@ deb:
 	lintian -I --pedantic --fail-on error,warning $(DEB_DIR)/*.changes
 
 # make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase PROFILE=1
+# make bench AGAINST=/tmp/old-checkout   (each run also with that tree's daemon, alternating)
 DURATION ?= 10
 LATENCIES ?= 0,50,200
 RATES ?= 0
@@ -93,6 +94,7 @@ FIXED_RATE ?= 1000
 PLATFORMS ?= apple,firebase
 QUEUED ?= 10000
 PROFILE ?=
+AGAINST ?=
 BENCH_ARGS ?=
 
 bench: $(STAMP)
@@ -101,7 +103,7 @@ bench: $(STAMP)
 	@if [ -n "$(PROFILE)" ]; then $(VPY) -m pip install --quiet py-spy; fi
 	PYTHONPATH=. $(VPY) scripts/bench --duration $(DURATION) --latencies $(LATENCIES) --rates $(RATES) \
 	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) \
-	  $(if $(PROFILE),--profile) $(BENCH_ARGS)
+	  $(if $(PROFILE),--profile) $(if $(AGAINST),--against $(AGAINST)) $(BENCH_ARGS)
 
 # make soak SOAK_DURATION=120 FAULT_EVERY=3 PLATFORMS=apple,firebase
 # make soak SOAK_ARGS="--fail-all 500"   (APNs answers 500 to everything; callers keep coming)
