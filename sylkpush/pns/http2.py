@@ -258,6 +258,18 @@ class H2ClientProtocol(Protocol):
             self._send_body(stream_id, stream)
         return stream_id
 
+    def cancel(self, stream_id: int) -> None:
+        """Reset ``stream_id`` (CANCEL) and forget it: its handler hears nothing more."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._blocked.discard(stream_id)
+        try:
+            self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
+        except H2Error:
+            pass
+        self._stream_closed()
+
     def probe(self) -> None:
         """Make sure the peer is alive before more requests go here: unless
         it spoke within ``answer_timeout``, PING it and take no new request
