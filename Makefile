@@ -85,7 +85,7 @@ deb:
 	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc
 	lintian -I --pedantic --fail-on error,warning $(DEB_DIR)/*.changes
 
-# make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase PROFILE=1
+# make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase WORKERS=1,2 PROFILE=1
 # make bench AGAINST=/tmp/old-checkout   (each run also with that tree's daemon, alternating)
 DURATION ?= 10
 LATENCIES ?= 0,50,200
@@ -93,6 +93,7 @@ RATES ?= 0
 FIXED_RATE ?= 1000
 PLATFORMS ?= apple,firebase
 QUEUED ?= 10000
+WORKERS ?= 1,2
 PROFILE ?=
 AGAINST ?=
 BENCH_ARGS ?=
@@ -102,7 +103,7 @@ bench: $(STAMP)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	@if [ -n "$(PROFILE)" ]; then $(VPY) -m pip install --quiet py-spy; fi
 	PYTHONPATH=. $(VPY) scripts/bench --duration $(DURATION) --latencies $(LATENCIES) --rates $(RATES) \
-	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) \
+	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) --workers $(WORKERS) \
 	  $(if $(PROFILE),--profile) $(if $(AGAINST),--against $(AGAINST)) $(BENCH_ARGS)
 
 # make soak SOAK_DURATION=120 FAULT_EVERY=3 PLATFORMS=apple,firebase

@@ -109,10 +109,12 @@ def firebase_sections(fake: Fake, count: int, prefix: str = "com.example.bench")
     return "\n".join(sections)
 
 
-def write_config(directory: str, port: int, applications: str, return_async: bool = True) -> str:
+def write_config(directory: str, port: int, applications: str, return_async: bool = True,
+                 workers: int = 1) -> str:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "general.ini"), "w") as stream:
-        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = {str(return_async).lower()}\nspool_dir = spool\n")
+        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = {str(return_async).lower()}\n"
+                     f"spool_dir = spool\n" + (f"workers = {workers}\n" if workers != 1 else ""))
     with open(os.path.join(directory, "applications.ini"), "w") as stream:
         stream.write(applications)
     return directory

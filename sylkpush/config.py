@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from sylkpush.config_keys import application_warnings, general_warnings
 from sylkpush.expiry import pem_file_not_after
 from sylkpush.notification import PLATFORM_ALIASES
+from sylkpush.workers import parse_workers
 
 DEFAULT_CONFIG_DIRS = ("/etc/sylk-pushserver", "./config")
 #: every interface, as the original sylk-pushserver (see sylkpush.exposure)
@@ -86,6 +87,8 @@ class Settings:
     log_to_file: bool = False
     log_file: str = "/var/log/sylk-pushserver/push.log"
     spool_dir: str = "/var/spool/sylk-pushserver"
+    #: processes sharing the listening socket (see sylkpush.workers)
+    workers: int = 1
     debug: bool = False
     debug_hpack: bool = False
     #: [api] keys_file: when set, /push and /v2 need one of its keys
@@ -149,6 +152,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
         log_to_file=_bool(get("server", "log_to_file", "false"), "log_to_file"),
         log_file=get("server", "log_file", "/var/log/sylk-pushserver/push.log"),
         spool_dir=get("server", "spool_dir", "/var/spool/sylk-pushserver"),
+        workers=parse_workers(get("server", "workers", "1"), general),
         debug=file_debug if debug is None else debug,
         debug_hpack=_bool(get("server", "debug_hpack", "false"), "debug_hpack"),
         keys_file=get("api", "keys_file", ""),
