@@ -153,7 +153,7 @@ class RealClientSecretsTests(SecretsTests):
             self.assertEqual(code, 200, body)
         logs.stop_logging()
         with open(self.log_file, encoding="utf-8") as stream:
-            text = stream.read()
+            self.text = text = stream.read()
         self.assertIn("outgoing", text.lower())  # debug lines were written
         secrets_used = {f"provider JWT {i}": jwt_ for i, jwt_ in enumerate(apns.tokens_seen)}
         secrets_used.update({f"access token {i}": t for i, t in enumerate(set(fcm.authorizations))})
@@ -167,3 +167,21 @@ class RealClientSecretsTests(SecretsTests):
         self.assertTrue(any(k.startswith("access token") for k in secrets_used))
         for name, secret in secrets_used.items():
             self.assertNotIn(secret, text, f"{name} leaked into the log")
+
+
+class HpackTraceSecretsTests(RealClientSecretsTests):
+    """With debug_hpack as well: hpack's traces are written, but never an
+    encoded header block (the provider token in it is beyond redaction)."""
+
+    def setUp(self):
+        super().setUp()
+        for name in ("hpack", "h2"):
+            self.addCleanup(logging.getLogger(name).setLevel, logging.getLogger(name).level)
+        logs.setup_logging(foreground=True, debug=True, debug_hpack=True, log_file=self.log_file)
+
+    @defer.inlineCallbacks
+    def test_no_secret_in_any_line(self):
+        yield super().test_no_secret_in_any_line()
+        self.assertRegex(self.text, r"DEBUG hpack\.hpack: Adding .*authorization.*<redacted>")
+        self.assertNotIn("Encoded header block", self.text)
+        self.assertNotIn("Decoding b", self.text)
