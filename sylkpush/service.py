@@ -18,7 +18,7 @@ from sylkpush.dispatch import Dispatcher
 from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
 from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, default_client_class, log_problems,
-                               rebuild_registry)
+                               rebuild_registry, start_clients)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
 from sylkpush.remote_log import RemoteLogger
 from sylkpush.web import ConnectionTracker, make_site
@@ -122,10 +122,11 @@ class PushServer(service.Service):
                              if settings.tls_certificate else None)
 
     def load_registry(self) -> AppRegistry:
-        """Read applications.ini and build its registry (not yet started)."""
+        """Read applications.ini, build its registry and start its clients."""
         configs, problems = load_applications(self.settings)
         registry, more = build_registry(self.settings, configs, self.reactor, self.find_client)
-        log_problems(problems + more)
+        registry, failed = start_clients(registry)
+        log_problems(problems + more + failed)
         return registry
 
     def startService(self) -> None:
@@ -136,7 +137,6 @@ class PushServer(service.Service):
         for app in self.registry:
             if app.client is not None:  # the others were reported as disabled
                 log.info("application %s (%s) ready", app.label, app.config.app_type)
-        self.registry.start()
         self.port = self.listen()
         self.remote_log.server_ip = self.port.getHost().host
         if self.remote_log.server_ip in ("0.0.0.0", "::"):
@@ -203,8 +203,6 @@ class PushServer(service.Service):
         log_problems(rebuild.problems)
         for section in rebuild.kept:
             log.warning("application [%s]: its previous working settings stay active", section)
-        for client in rebuild.added:
-            client.start()
         # one assignment: a request sees either the old or the new registry, whole
         self.registry = rebuild.registry
         self.reloads += 1
