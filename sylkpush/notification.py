@@ -8,6 +8,7 @@ the rule it broke.  It knows nothing of configured applications except the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
@@ -21,8 +22,18 @@ VOIP_EVENTS = frozenset(("incoming_session", "incoming_conference_request"))
 MEDIA_TYPES = ("audio", "video", "chat", "sms", "file-transfer", "image")
 #: media types whose requests are calls: they get the short deadline
 CALL_MEDIA = frozenset(("audio", "video"))
+#: the largest badge: APNs and iOS keep it in a 32-bit signed integer
+BADGE_MAX = 2**31 - 1
 TRUE_VALUES = (True, 1, "1", "true", "True", "TRUE")
 FALSE_VALUES = (False, 0, "0", "false", "False", "FALSE")
+#: what no field may hold: control characters (a CR/LF in a logged field would
+#: forge log lines) and lone surrogates (they cannot be encoded for the push
+#: service, nor written to a log file)
+UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: the same for a message body (``content``), which may span lines
+UNSAFE_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+#: fields that are free text, where tabs and line breaks are the writer's
+MULTILINE_FIELDS = frozenset(("content",))
 
 
 class ValidationError(ValueError):
@@ -82,6 +93,9 @@ def _string(body: Mapping[str, Any], key: str, required: bool) -> Optional[str]:
         return None
     if not isinstance(value, str):
         raise ValidationError(key, "must be a string")
+    unsafe = UNSAFE_IN_TEXT if key in MULTILINE_FIELDS else UNSAFE_CHARACTERS
+    if unsafe.search(value) is not None:
+        raise ValidationError(key, "must not contain control characters or lone surrogates")
     return value
 
 
@@ -103,19 +117,22 @@ def _bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
     raise ValidationError(key, "must be a boolean (true/false, 1/0)")
 
 
-def _int(body: Mapping[str, Any], key: str, default: int) -> int:
+def _int(body: Mapping[str, Any], key: str, default: int, maximum: int) -> int:
+    """A JSON integer or a string of ASCII digits (``int()`` would also take
+    blanks around it, underscores and digits of other scripts)."""
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValidationError(key, "must be an integer")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValidationError(key, "must be an integer") from None
-    if number < 0:
-        raise ValidationError(key, "must not be negative")
-    return number
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        try:
+            value = int(value)
+        except ValueError:  # more digits than int() converts
+            raise ValidationError(key, f"must be from 0 to {maximum}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(key, "must be an integer (ASCII digits)")
+    if not 0 <= value <= maximum:
+        raise ValidationError(key, f"must be from 0 to {maximum}")
+    return value
 
 
 def parse_platform(body: Mapping[str, Any], custom: Iterable[str] = ()) -> str:
@@ -162,7 +179,7 @@ def parse_notification(body: Mapping[str, Any], app_type: str,
         from_display_name=display,
         silent=_bool(body, "silent", True),
         reason=_string(body, "reason", False),
-        badge=_int(body, "badge", 1),
+        badge=_int(body, "badge", 1, BADGE_MAX),
         account=_string(body, "account", False),
         content=_string(body, "content", False),
         content_type=_string(body, "content-type", False),

@@ -11,7 +11,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence
+import re
+from io import BytesIO
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.protocols.policies import WrappingFactory
@@ -24,6 +26,86 @@ from sylkpush.dispatch import Answer, ApiError, Dispatcher
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+#: the deepest nesting of arrays and objects a body may have (a wake-up is flat)
+MAX_DEPTH = 16
+#: bytes of a body over the limit kept to find its call-id for the log
+SNIFF_BYTES = 4096
+#: a call-id in a body that is not (or not all) read as JSON, for the refusal's log line
+_CALL_ID = re.compile(rb'"call-id"\s{0,16}:\s{0,16}"([^"\\\x00-\x1f]{1,256})"')
+
+
+class BodyError(ValueError):
+    """A request body that is not a usable JSON document; the message says why."""
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BodyError(f"request body has the key {key!r} more than once")
+            seen.add(key)
+    return result
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON document ``raw``; :class:`BodyError` when it is not valid JSON,
+    has a key twice (which one counts differs between parsers) or is nested
+    deeper than :data:`MAX_DEPTH`."""
+    try:
+        value = json.loads(raw, object_pairs_hook=_unique_keys)
+    except BodyError:
+        raise
+    except RecursionError:
+        raise BodyError(f"request body is nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BodyError(f"request body is not valid JSON: {exc}") from None
+    # cheap first: a body with few brackets cannot be deep
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise BodyError(f"request body is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def unsupported_content_type(request: server.Request) -> Optional[str]:
+    """The request's content type when it is not JSON, else None.
+
+    ``application/json`` and ``+json`` types are JSON; so is no content type
+    at all, for old callers.  Refusing the rest keeps a web page in a browser
+    on an allowed host from pushing with a cross-site form or text/plain POST.
+    """
+    value = request.getHeader(b"content-type")
+    if not value:
+        return None
+    media = value.split(b";", 1)[0].strip().lower()
+    if media == b"application/json" or (media.endswith(b"+json") and b"/" in media):
+        return None
+    return media.decode("latin-1") or "(empty)"
+
+
+def exc_info_of(failure: Failure) -> Tuple[Any, Any, Any]:
+    """``exc_info`` for logging: the traceback then goes to the log's own
+    traceback block, the message stays one line."""
+    return failure.type, failure.value, failure.getTracebackObject()
+
+
+def sniff_call_id(raw: bytes) -> Optional[str]:
+    """The call-id of a body that could not be read whole, for the log."""
+    found = _CALL_ID.search(raw)
+    return found.group(1).decode("utf-8", "replace") if found else None
 
 
 def write_json(request: server.Request, code: int, description: str,
@@ -35,10 +117,13 @@ def write_json(request: server.Request, code: int, description: str,
 
 
 class ApiRequest(server.Request):
-    """A Request that stops buffering a body past :data:`MAX_BODY` and
-    answers internal errors with JSON instead of an HTML traceback."""
+    """A Request that keeps its body in memory, stops buffering it past
+    :data:`MAX_BODY`, and answers internal errors with JSON instead of an
+    HTML traceback."""
 
     body_too_large = False
+    #: the first bytes of a body over the limit, to find its call-id
+    head = b""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,24 +132,25 @@ class ApiRequest(server.Request):
         self._parsePOSTFormSubmission = False
 
     def gotLength(self, length: Optional[int]) -> None:
+        # in memory whatever the length: MAX_BODY bounds it, and Twisted's
+        # temporary file for long or chunked bodies would cost a descriptor
+        self.content = BytesIO()
         if length is not None and length > MAX_BODY:
             self.body_too_large = True
-            length = 0  # keep an empty in-memory buffer
-        super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
-            return
-        if self.content.tell() + len(data) > MAX_BODY:  # chunked bodies have no length
+        if not self.body_too_large and self.content.tell() + len(data) > MAX_BODY:  # chunked: no length
             self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            self.head = self.content.getvalue()[:SNIFF_BYTES]
+            self.content = BytesIO()
+        if self.body_too_large:
+            if len(self.head) < SNIFF_BYTES:
+                self.head += data[:SNIFF_BYTES - len(self.head)]
             return
         super().handleContentChunk(data)
 
     def processingFailed(self, reason: Failure) -> None:
-        log.error("unhandled error answering %s %s: %s", self.method, self.uri,
-                  reason.getTraceback())
+        log.error("unhandled error answering %s %s", self.method, self.uri, exc_info=exc_info_of(reason))
         if self.finished or self._disconnected:
             return
         body = write_json(self, 500, "internal server error")
@@ -128,26 +214,36 @@ class PushResource(JsonResource):
         return len(waiting)
 
     def _refuse(self, request: server.Request, code: int, description: str,
-                data: Optional[Dict[str, Any]] = None) -> bytes:
+                data: Optional[Dict[str, Any]] = None, call_id: Optional[str] = None) -> bytes:
+        """Answer ``code`` without a push; one log line says who and why."""
+        address = client_address(request)
+        if call_id:
+            log.info("refused request from %s (call-id %s): %s %s", address, call_id, code, description)
+        else:
+            log.info("refused request from %s: %s %s", address, code, description)
         self.dispatcher.refused(code)
         return write_json(request, code, description, data)
 
     def render_POST(self, request: server.Request) -> Any:
         if self.closing:
             return self._refuse(request, 503, "the server is shutting down")
+        media = unsupported_content_type(request)
+        if media is not None:
+            return self._refuse(request, 415, f"content type {media} is not accepted: send application/json")
         if getattr(request, "body_too_large", False):
-            return self._refuse(request, 413, f"request body is larger than {MAX_BODY} bytes")
+            return self._refuse(request, 413, f"request body is larger than {MAX_BODY} bytes",
+                                call_id=sniff_call_id(getattr(request, "head", b"")))
         raw = request.content.read()
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return self._refuse(request, 400, f"request body is not valid JSON: {exc}")
-        address = client_address(request)
+            body = decode_json(raw)
+        except BodyError as exc:
+            return self._refuse(request, 400, str(exc), call_id=sniff_call_id(raw))
         try:
-            prepared = self.dispatcher.prepare(body, address)
+            prepared = self.dispatcher.prepare(body, client_address(request))
         except ApiError as exc:
-            log.info("refused request from %s: %s %s", address, exc.code, exc.description)
-            return self._refuse(request, exc.code, exc.description, exc.data)
+            call_id = body.get("call-id") if isinstance(body, dict) else None
+            return self._refuse(request, exc.code, exc.description, exc.data,
+                                call_id if isinstance(call_id, str) else None)
         delivery = ensureDeferred(self.dispatcher.deliver(prepared))
         if not self.return_async():
             delivery.addErrback(self._unexpected, prepared.request_id)
@@ -177,7 +273,7 @@ class PushResource(JsonResource):
 
     @staticmethod
     def _unexpected(failure: Failure, request_id: str) -> None:
-        log.error("%s: unexpected error: %s", request_id, failure.getTraceback())
+        log.error("%s: unexpected error", request_id, exc_info=exc_info_of(failure))
 
 
 class Root(resource.Resource):
