@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import socket
 from typing import Any, List, Optional
@@ -14,6 +15,7 @@ from twisted.internet.threads import deferToThread
 from twisted.web.server import Site
 
 from sylkpush.config import ConfigFileError, Settings, load_applications
+from sylkpush.connections import RESERVED_DESCRIPTORS, ApiConnections
 from sylkpush.dispatch import Dispatcher
 from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
@@ -21,7 +23,7 @@ from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, d
                                rebuild_registry, start_clients)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
 from sylkpush.remote_log import RemoteLogger
-from sylkpush.web import ConnectionTracker, make_site
+from sylkpush.web import make_site
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,32 @@ def within(deferred: Deferred, seconds: float, reactor: Any) -> "Deferred[bool]"
         return result
     deferred.addBoth(fired)
     return outcome
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one (systemd's
+    default soft limit, 1024, is too low for thousands of callers); the soft
+    limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, wanted, exc)
+    return soft
+
+
+def connection_limit(configured: int, descriptors: int) -> int:
+    """API connections allowed at once: max_connections, unless the process
+    may not open that many descriptors besides those it needs for the rest."""
+    usable = max(descriptors - RESERVED_DESCRIPTORS, descriptors // 2)
+    if configured > usable:
+        log.warning("max_connections is %d but only %d descriptors may be open: accepting at most %d "
+                    "API connections (raise LimitNOFILE)", configured, descriptors, usable)
+        return usable
+    return configured
 
 
 def load_tls_certificate(path: str) -> ssl.PrivateCertificate:
@@ -98,11 +126,10 @@ class PushServer(service.Service):
         self.handle_sighup = handle_sighup
         self.registry = AppRegistry()
         self.dispatcher = Dispatcher(lambda: self.registry, reactor)
-        self.site: Site = make_site(self.dispatcher, settings.allowed_hosts,
-                                    lambda: self.settings.return_async)
+        self.site: Site = make_site(self.dispatcher, lambda: self.settings.return_async)
         self.push_resource = self.site.resource.children[b"push"]
-        self.connections = ConnectionTracker(self.site)
-        self.connections.noisy = False
+        self.connections = ApiConnections(self.site, reactor, settings.allowed_hosts, settings.max_connections,
+                                          settings.request_timeout, refused=self.dispatcher.refused)
         self.metrics = Metrics(lambda: self.registry, self.dispatcher)
         self.remote_log = RemoteLogger(reactor, debug=settings.debug)
         self.dispatcher.observers += [self.metrics.observe, self.remote_log.observe]
@@ -137,6 +164,7 @@ class PushServer(service.Service):
         for app in self.registry:
             if app.client is not None:  # the others were reported as disabled
                 log.info("application %s (%s) ready", app.label, app.config.app_type)
+        self.connections.limit = connection_limit(self.settings.max_connections, raise_open_files_limit())
         self.port = self.listen()
         self.remote_log.server_ip = self.port.getHost().host
         if self.remote_log.server_ip in ("0.0.0.0", "::"):

@@ -8,12 +8,11 @@ gone away meanwhile.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
 from io import BytesIO
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.protocols.policies import WrappingFactory
@@ -118,8 +117,9 @@ def write_json(request: server.Request, code: int, description: str,
 
 class ApiRequest(server.Request):
     """A Request that keeps its body in memory, stops buffering it past
-    :data:`MAX_BODY`, and answers internal errors with JSON instead of an
-    HTML traceback."""
+    :data:`MAX_BODY`, tells its connection when it is received and answered
+    (for the connection limit and the request deadline), and answers internal
+    errors with JSON instead of an HTML traceback."""
 
     body_too_large = False
     #: the first bytes of a body over the limit, to find its call-id
@@ -130,6 +130,12 @@ class ApiRequest(server.Request):
         # bodies are JSON: skip Twisted's form parsing, which parses every
         # request's content-type with the email package (costly, hot path)
         self._parsePOSTFormSubmission = False
+        self._connection("request_started")
+
+    def _connection(self, event: str) -> None:
+        notify = getattr(self.transport, event, None)  # an ApiConnection (not in unit tests)
+        if notify is not None:
+            notify()
 
     def gotLength(self, length: Optional[int]) -> None:
         # in memory whatever the length: MAX_BODY bounds it, and Twisted's
@@ -148,6 +154,16 @@ class ApiRequest(server.Request):
                 self.head += data[:SNIFF_BYTES - len(self.head)]
             return
         super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._connection("request_received")
+        super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        if not self.finished and not self._disconnected:
+            # before: finishing may start reading the caller's next request
+            self._connection("request_finished")
+        super().finish()
 
     def processingFailed(self, reason: Failure) -> None:
         log.error("unhandled error answering %s %s", self.method, self.uri, exc_info=exc_info_of(reason))
@@ -176,11 +192,6 @@ class JsonResource(resource.Resource):
 class NotFound(JsonResource):
     def render(self, request: server.Request) -> bytes:
         return write_json(request, 404, "no such resource")
-
-
-class Forbidden(JsonResource):
-    def render(self, request: server.Request) -> bytes:
-        return write_json(request, 403, "access denied by access list")
 
 
 class Welcome(JsonResource):
@@ -277,31 +288,20 @@ class PushResource(JsonResource):
 
 
 class Root(resource.Resource):
-    """Routes by path and applies ``allowed_hosts`` before anything else."""
+    """Routes by path.  (Callers outside ``allowed_hosts`` never get here:
+    their connections are refused as they are accepted.)"""
 
-    def __init__(self, allowed: Sequence[Any] = ()) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.allowed = tuple(allowed)
         self.welcome = Welcome()
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.IResource:
-        if self.allowed and not self._allowed(client_address(request)):
-            return Forbidden()
         if path == b"" and not request.postpath:
             return self.welcome
         child = self.children.get(path)
         if child is None or (request.postpath and child.isLeaf and request.postpath != [b""]):
             return NotFound()
         return child
-
-    def _allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        if getattr(address, "ipv4_mapped", None):
-            address = address.ipv4_mapped
-        return any(address in network for network in self.allowed)
 
 
 class ApiSite(server.Site):
@@ -346,10 +346,9 @@ class ConnectionTracker(WrappingFactory):
         return waiter
 
 
-def make_site(dispatcher: Dispatcher, allowed: Sequence[Any] = (),
-              return_async: Callable[[], bool] = lambda: True) -> server.Site:
+def make_site(dispatcher: Dispatcher, return_async: Callable[[], bool] = lambda: True) -> server.Site:
     """The API's Site: /, /push; more routes are added with ``site.resource.putChild``."""
-    root = Root(allowed)
+    root = Root()
     root.putChild(b"push", PushResource(dispatcher, return_async))
     site = ApiSite(root)
     site.requestFactory = ApiRequest

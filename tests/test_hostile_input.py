@@ -11,13 +11,15 @@ import re
 import sys
 
 import treq
-from twisted.internet import defer
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from sylkpush import logs
 from sylkpush.web import MAX_BODY
 from tests.doubles import capture_logs
 from tests.helpers import SYLK_APPLE, SYLK_FIREBASE, RecordingClient, post, start_server, wakeup
+from tests.test_reload import until
 
 FORGED = "\r\n2024-01-01 00:00:00,000 ERROR sylkpush.web: injected"
 
@@ -192,3 +194,110 @@ class ForgedLinesInTheLogFile(unittest.TestCase):
         self.assertFalse([line for line in lines if "ERROR" in line.split(":", 3)[2]])
         self.assertTrue([line for line in lines if "refused request" in line and "lone\\udc80" not in line])
         self.assertIn("INFO sylkpush.test: delivered lone \\udc80 surrogate \\x1b[2J", lines[-1])
+
+
+class RefusedAddresses(unittest.TestCase):
+    """Item 8: access-list refusals are logged and counted, whatever the method."""
+
+    @defer.inlineCallbacks
+    def test_denied_requests_are_logged_counted_and_refused_for_every_method(self):
+        captured = capture_logs(self, logging.INFO)
+        server, url = start_server(self, SYLK_APPLE, "[server]\nallowed_hosts = 192.0.2.0/24\n")
+        answer = yield raw_exchange(server.port.getHost().port, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer)
+        self.assertIn(b'"access denied by access list"', answer)
+        code, _, _ = yield post(url + "/push", wakeup())
+        self.assertEqual(code, 403)
+        self.assertEqual(len(captured.matching("refused connection from 127.0.0.1: 403 not in allowed_hosts")), 2)
+        text = server.metrics.exposition().decode()
+        self.assertIn('sylkpush_refused_requests_total{code="403"} 2.0', text)
+
+
+PUSH_REQUEST = b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+
+
+class _Raw(protocol.Protocol):
+    """A caller that sends what it is told, when it is told."""
+
+    def __init__(self):
+        self.received = b""
+        self.closed: Deferred = Deferred()
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason=None):
+        self.closed.callback(self.received)
+
+
+@defer.inlineCallbacks
+def open_raw(port):
+    """A new TCP connection to the server."""
+    raw = _Raw()
+    yield protocol.ClientCreator(reactor, lambda: raw).connectTCP("127.0.0.1", port)
+    return raw
+
+
+@defer.inlineCallbacks
+def raw_exchange(port: int, request: bytes):
+    """Send ``request`` on a new TCP connection; all bytes received until the server closes it."""
+    raw = yield open_raw(port)
+    raw.transport.write(request)
+    received = yield raw.closed
+    return received
+
+
+class Attacks(unittest.TestCase):
+    """The attacks of the report, on loopback against a running server."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_half_sent_requests_from_a_denied_host_hold_no_connection(self):
+        server, _ = start_server(self, SYLK_APPLE, "[server]\nallowed_hosts = 192.0.2.0/24\n")
+        callers = []
+        for _ in range(20):
+            raw = yield open_raw(server.port.getHost().port)
+            raw.transport.write(b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            callers.append(raw)
+        answers = yield defer.gatherResults([raw.closed for raw in callers])
+        for answer in answers:
+            self.assertTrue(answer.startswith(b"HTTP/1.1 403 "), answer)
+        self.assertEqual(len(server.connections.protocols), 0)
+
+    @defer.inlineCallbacks
+    def test_idle_connections_at_the_limit_do_not_stop_pushes(self):
+        server, url = start_server(self, SYLK_APPLE, "[server]\nmax_connections = 4\n")
+        port = server.port.getHost().port
+        idle = []
+        for _ in range(4):
+            idle.append((yield open_raw(port)))
+        yield until(lambda: len(server.connections.protocols) == 4)
+        for _ in range(3):
+            code, _, _ = yield post(url + "/push", wakeup())
+            self.assertEqual(code, 200)
+        yield idle[0].closed  # the longest idle made room
+        for _ in range(2):  # at the limit again with the second one
+            idle.append((yield open_raw(port)))
+        yield idle[1].closed  # the next longest idle made room
+        self.assertEqual([raw.closed.called for raw in idle], [True, True, False, False, False, False])
+        for raw in idle[2:]:
+            raw.transport.loseConnection()
+
+    @defer.inlineCallbacks
+    def test_a_slow_sender_is_cut_at_the_request_timeout(self):
+        server, url = start_server(self, SYLK_APPLE, "[server]\nrequest_timeout = 0.5\n")
+        raw = yield open_raw(server.port.getHost().port)
+        request = iter(bytes([byte]) for byte in PUSH_REQUEST * 10)
+
+        timer = []
+
+        def drip():
+            raw.transport.write(next(request))
+            timer[:] = [reactor.callLater(0.05, drip)]
+        drip()
+        answer = yield raw.closed
+        timer[0].cancel()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 "), answer)
+        code, _, _ = yield post(url + "/push", wakeup())
+        self.assertEqual(code, 200)
