@@ -17,7 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
-from sylkpush.notification import Notification, ValidationError, parse_app_id, parse_notification, parse_platform
+from sylkpush.notification import (Notification, ValidationError, check_strings, parse_app_id, parse_notification,
+                                   parse_platform)
 from sylkpush.pns.base import OutgoingPush, PushResult
 from sylkpush.registry import Application, AppRegistry
 
@@ -138,6 +139,7 @@ class Dispatcher:
             raise ApiError(400, "request body must be a JSON object")
         registry = self._registry()
         try:
+            check_strings(body)
             platform = parse_platform(body, registry.platforms)
             app_id = parse_app_id(body)
         except ValidationError as exc:

@@ -34,6 +34,7 @@ UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 UNSAFE_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 #: fields that are free text, where tabs and line breaks are the writer's
 MULTILINE_FIELDS = frozenset(("content",))
+UNSAFE_RULE = "must not contain control characters or lone surrogates"
 
 
 class ValidationError(ValueError):
@@ -93,10 +94,40 @@ def _string(body: Mapping[str, Any], key: str, required: bool) -> Optional[str]:
         return None
     if not isinstance(value, str):
         raise ValidationError(key, "must be a string")
-    unsafe = UNSAFE_IN_TEXT if key in MULTILINE_FIELDS else UNSAFE_CHARACTERS
-    if unsafe.search(value) is not None:
-        raise ValidationError(key, "must not contain control characters or lone surrogates")
     return value
+
+
+def check_strings(body: Mapping[str, Any]) -> None:
+    """Refuse control characters and lone surrogates in any key or string of
+    ``body``, nested ones included; the error names the top-level field."""
+    # one search over all the flat text (the usual body) finds nothing wrong at
+    # the cost of a single pass; only then is each field looked at
+    texts = []
+    for key, value in body.items():
+        texts.append(key)
+        if isinstance(value, str):
+            if key not in MULTILINE_FIELDS:
+                texts.append(value)
+            elif UNSAFE_IN_TEXT.search(value) is not None:
+                raise ValidationError(key, UNSAFE_RULE)
+        elif isinstance(value, (dict, list)) and not _safe(value):
+            raise ValidationError(key, UNSAFE_RULE)
+    if UNSAFE_CHARACTERS.search("".join(texts)) is None:
+        return
+    for key, value in body.items():
+        if UNSAFE_CHARACTERS.search(key) is not None or (
+                isinstance(value, str) and key not in MULTILINE_FIELDS and not _safe(value)):
+            raise ValidationError(key, UNSAFE_RULE)
+
+
+def _safe(value: Any) -> bool:
+    if isinstance(value, str):
+        return UNSAFE_CHARACTERS.search(value) is None
+    if isinstance(value, dict):
+        return all(UNSAFE_CHARACTERS.search(key) is None and _safe(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_safe(item) for item in value)
+    return True
 
 
 def _choice(value: str, key: str, choices: Any) -> str:
@@ -150,7 +181,8 @@ def parse_app_id(body: Mapping[str, Any]) -> str:
 def parse_notification(body: Mapping[str, Any], app_type: str,
                        platform: Optional[str] = None) -> Notification:
     """Validate ``body`` for an application of ``app_type`` on ``platform``
-    (the canonical name :func:`parse_platform` returned; parsed when None)."""
+    (the canonical name :func:`parse_platform` returned; parsed when None).
+    Its strings are checked by :func:`check_strings` first."""
     app_id = parse_app_id(body)
     platform = platform or parse_platform(body)
     token = _string(body, "token", True)

@@ -87,12 +87,12 @@ def unsupported_content_type(request: server.Request) -> Optional[str]:
     on an allowed host from pushing with a cross-site form or text/plain POST.
     """
     value = request.getHeader(b"content-type")
-    if not value:
+    if value is None:
         return None
     media = value.split(b";", 1)[0].strip().lower()
-    if media == b"application/json" or (media.endswith(b"+json") and b"/" in media):
+    if not media or media == b"application/json" or (media.endswith(b"+json") and b"/" in media):
         return None
-    return media.decode("latin-1") or "(empty)"
+    return media.decode("latin-1")
 
 
 def exc_info_of(failure: Failure) -> Tuple[Any, Any, Any]:
