@@ -328,7 +328,10 @@ class AppConfig:
 
 def _split_host_port(value: str) -> Tuple[str, int]:
     """``apple_push_url``: ``host``, ``host:port`` or ``[v6]:port`` (an URL is tolerated)."""
-    parts = urlsplit(value if "://" in value else "//" + value)
+    try:
+        parts = urlsplit(value if "://" in value else "//" + value)
+    except ValueError:  # e.g. an unclosed [
+        raise SettingError("must be host or host:port, with a valid host name", "apple_push_url") from None
     try:
         host, port = parts.hostname, parts.port or 443
     except ValueError:
@@ -340,7 +343,10 @@ def _split_host_port(value: str) -> Tuple[str, int]:
 
 def _http_url(value: str, key: str) -> str:
     """An http(s) URL with a valid host name and port, in ASCII."""
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed [
+        raise SettingError("must be an http(s) URL with a valid host name, in ASCII", key) from None
     try:
         parts.port
     except ValueError:

@@ -224,6 +224,11 @@ app_id = g
 app_type = sylk
 app_platform = apple
 apple_push_url = [::1]:2197
+[unclosed-bracket]
+app_id = h
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://[::1/v1
 """)
         self.assertEqual([app.section for app in apps], ["fine"])
         reasons = dict(problems)
@@ -233,7 +238,8 @@ apple_push_url = [::1]:2197
             "apple-empty-label": "line 16: apple_push_url must be host or host:port, with a valid host name",
             "apple-bad-port": "line 21: apple_push_url has an invalid port",
             "remote-log": "line 26: log_remote_urls must be an http(s) URL with a valid host name, in ASCII",
-            "two-lines": "line 31: key_id must be one line without control characters"})
+            "two-lines": "line 31: key_id must be one line without control characters",
+            "unclosed-bracket": "line 42: firebase_push_url must be an http(s) URL with a valid host name, in ASCII"})
         self.assertEqual((apps[0].apple_host, apps[0].apple_port), ("::1", 2197))
 
     def test_unreadable_file(self):
