@@ -77,9 +77,9 @@ class SettingsTests(unittest.TestCase):
                 (f"[server]\ndebug = {secret}\n", "line 2: [server] debug must be true or false"),
                 (f"[server]\nport = {secret}\n", "line 2: [server] port must be an integer"),
                 (f"[server]\nport = 1\nport = {secret}\n", "line 3: port appears twice in section [server]"),
-                (f"[server]\n[server]\n", "line 2: section [server] appears twice"),
+                ("[server]\n[server]\n", "line 2: section [server] appears twice"),
                 (f"[server]\nrequest_timeout = -{secret}\n", "[server] request_timeout must be a number"),
-                (f"[server]\nmax_connections = 0\n", "line 2: [server] max_connections must be an integer of "
+                ("[server]\nmax_connections = 0\n", "line 2: [server] max_connections must be an integer of "
                                                       "at least 1")):
             exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", general))
             self.assertIn(expected, str(exc))

@@ -3,12 +3,9 @@ wrong, one log line that cannot be forged, and never a 500 or a push."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
 import re
-import sys
 
 import treq
 from twisted.internet import defer, protocol, reactor
@@ -17,7 +14,7 @@ from twisted.trial import unittest
 
 from sylkpush import logs
 from sylkpush.web import MAX_BODY
-from tests.doubles import capture_logs
+from tests.doubles import capture_logs, log_to_file
 from tests.helpers import SYLK_APPLE, SYLK_FIREBASE, RecordingClient, post, start_server, wakeup
 from tests.test_reload import until
 
@@ -158,21 +155,7 @@ class ForgedLinesInTheLogFile(unittest.TestCase):
     record of ours, and a lone surrogate no longer loses a line."""
 
     def setUp(self):
-        self.log_file = os.path.abspath(self.mktemp())
-        root = logging.getLogger()
-        saved = (list(root.handlers), root.level)
-        self.patch(logs, "_forward_twisted_logs", lambda: None)
-        self.patch(sys, "stderr", io.StringIO())
-        logs.setup_logging(foreground=True, log_file=self.log_file)
-
-        def restore():
-            logs.stop_logging()
-            for handler in list(root.handlers):
-                root.removeHandler(handler)
-            for handler in saved[0]:
-                root.addHandler(handler)
-            root.setLevel(saved[1])
-        self.addCleanup(restore)
+        self.log_file = log_to_file(self)
 
     @defer.inlineCallbacks
     def test_every_line_is_a_record(self):

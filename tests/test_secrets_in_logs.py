@@ -9,12 +9,10 @@ debug on; every line written to the log file is then checked.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import secrets
-import sys
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +23,7 @@ from twisted.trial import unittest
 
 from sylkpush import logs
 from sylkpush.pns.base import PushClient, PushResult
+from tests.doubles import log_to_file
 from tests.helpers import SYLK_APPLE, post, start_server, wakeup
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -68,22 +67,7 @@ class SecretiveClient(PushClient):
 class SecretsTests(unittest.TestCase):
 
     def setUp(self):
-        self.log_file = os.path.abspath(self.mktemp())
-        root = logging.getLogger()
-        saved = (list(root.handlers), root.level)
-        # Twisted's own log routing is left to trial while the test runs
-        self.patch(logs, "_forward_twisted_logs", lambda: None)
-        self.patch(sys, "stderr", io.StringIO())  # the console copy; the file is checked
-        logs.setup_logging(foreground=True, debug=True, log_file=self.log_file)
-
-        def restore():
-            logs.stop_logging()
-            for handler in list(root.handlers):
-                root.removeHandler(handler)
-            for handler in saved[0]:
-                root.addHandler(handler)
-            root.setLevel(saved[1])
-        self.addCleanup(restore)
+        self.log_file = log_to_file(self, debug=True)
 
     @defer.inlineCallbacks
     def test_no_secret_in_any_line(self):
@@ -177,7 +161,7 @@ class HpackTraceSecretsTests(RealClientSecretsTests):
         super().setUp()
         for name in ("hpack", "h2"):
             self.addCleanup(logging.getLogger(name).setLevel, logging.getLogger(name).level)
-        logs.setup_logging(foreground=True, debug=True, debug_hpack=True, log_file=self.log_file)
+        logs.setup_logging(foreground=True, debug=True, debug_hpack=True, log_file=self.log_file)  # again, with hpack
 
     @defer.inlineCallbacks
     def test_no_secret_in_any_line(self):
