@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from typing import Any, Callable, Dict, Optional, Sequence, Set
 
@@ -26,7 +25,7 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import http, server
 
-from sylkpush.web import ConnectionTracker
+from sylkpush.web import ConnectionTracker, envelope
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ WARN_INTERVAL = 60.0
 def answer_bytes(code: int, description: str) -> bytes:
     """A whole HTTP/1.1 JSON answer that closes the connection, for callers
     whose request is never read."""
-    body = json.dumps({"code": code, "description": description, "data": {}}).encode("utf-8")
+    body = envelope(code, description)
     head = (f"HTTP/1.1 {code} {http.RESPONSES[code].decode('ascii')}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode("ascii") + body
@@ -163,8 +162,7 @@ class ApiConnections(ConnectionTracker):
             self.on_refused(403)
             return RefusedConnection(self, FORBIDDEN)
         if self.open_connections() >= self.limit and not self._make_room():
-            log.warning("refused connection from %s: 503 all %d connections are answering requests",
-                        host, self.limit)
+            log.info("refused connection from %s: 503 all %d connections are answering requests", host, self.limit)
             self.on_refused(503)
             return RefusedConnection(self, NO_ROOM)
         return super().buildProtocol(addr)

@@ -107,12 +107,17 @@ def sniff_call_id(raw: bytes) -> Optional[str]:
     return found.group(1).decode("utf-8", "replace") if found else None
 
 
+def envelope(code: int, description: str, data: Optional[Dict[str, Any]] = None) -> bytes:
+    """The JSON body of every answer."""
+    return json.dumps({"code": code, "description": description, "data": data or {}}).encode("utf-8")
+
+
 def write_json(request: server.Request, code: int, description: str,
                data: Optional[Dict[str, Any]] = None) -> bytes:
     """Set status and headers of ``request``; the JSON body to return."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
-    return json.dumps({"code": code, "description": description, "data": data or {}}).encode("utf-8")
+    return envelope(code, description, data)
 
 
 class ApiRequest(server.Request):
