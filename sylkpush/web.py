@@ -61,12 +61,17 @@ def _deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+#: one decoder for all bodies: json.loads with a hook would build a new one each time
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
 def decode_json(raw: bytes) -> Any:
     """The JSON document ``raw``; :class:`BodyError` when it is not valid JSON,
     has a key twice (which one counts differs between parsers) or is nested
     deeper than :data:`MAX_DEPTH`."""
     try:
-        value = json.loads(raw, object_pairs_hook=_unique_keys)
+        # as json.loads reads bytes: UTF-8, -16 or -32, with or without a BOM
+        value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
     except BodyError:
         raise
     except RecursionError:
