@@ -43,24 +43,6 @@ PARENT_CHECK_INTERVAL = 1.0
 LISTEN_BACKLOG = 1024
 
 
-def parse_workers(value: str, where: str = "general.ini") -> int:
-    """``workers``: a whole number of at least 1, or ``auto`` (the CPUs this process may use)."""
-    from sylkpush.config import ConfigFileError  # sylkpush.config imports this module
-    text = value.strip().lower()
-    if text == "auto":
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except (AttributeError, OSError):
-            return max(1, os.cpu_count() or 1)
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if count < 1:
-        raise ConfigFileError(f"{where}: [server] workers must be a whole number of at least 1, or auto")
-    return count
-
-
 def listening_socket(host: str, port: int, backlog: int = LISTEN_BACKLOG) -> socket.socket:
     """A non-blocking TCP socket listening on ``host``:``port``, for the workers to share."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

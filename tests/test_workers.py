@@ -16,7 +16,6 @@ from twisted.trial import unittest
 
 from sylkpush.config import ConfigFileError, load_settings
 from sylkpush.testing.fake_apns import FakeAPNs
-from sylkpush.workers import parse_workers
 from tests.firebase_helpers import wait_until
 from tests.helpers import make_config_dir, post, wakeup
 from tests.test_shutdown import spawn_daemon
@@ -29,13 +28,15 @@ CONCURRENCY = 60
 class WorkersSettingTests(unittest.TestCase):
 
     def test_workers(self):
+        def workers(value):
+            return load_settings(make_config_dir("", f"[server]\nworkers = {value}\n")).workers
         self.assertEqual(load_settings(make_config_dir("")).workers, 1)
-        self.assertEqual(load_settings(make_config_dir("", "[server]\nworkers = 3\n")).workers, 3)
-        self.assertEqual(parse_workers("auto"), len(os.sched_getaffinity(0)))
+        self.assertEqual(workers(3), 3)
+        self.assertEqual(workers("auto"), len(os.sched_getaffinity(0)))
         for bad in ("0", "-1", "two", "1.5", ""):
-            with self.assertRaisesRegex(ConfigFileError, r"\[server\] workers must be a whole number of at "
-                                                         r"least 1, or auto"):
-                load_settings(make_config_dir("", f"[server]\nworkers = {bad}\n"))
+            with self.assertRaisesRegex(ConfigFileError, r"general.ini line 2: \[server\] workers must be an "
+                                                         r"integer of at least 1, or auto"):
+                workers(bad)
 
 
 def requests_total(text: str) -> float:
