@@ -328,6 +328,8 @@ class AppConfig:
     apple_host: str = "api.push.apple.com"
     apple_port: int = 443
     voip: bool = False
+    #: send an apns-id of our own with each push (the same on every try of it)
+    apple_apns_id: bool = False
     # Firebase
     firebase_push_url: str = ""
     firebase_authorization_file: str = ""
@@ -390,7 +392,7 @@ def _http_url(value: str, key: str) -> str:
 
 #: keys whose value is one line of text (custom keys are passed on as they are)
 _KNOWN_KEYS = ("app_id", "app_type", "app_platform", "apple_certificate", "apple_key", "key_id", "team_id",
-               "apple_push_url", "voip", "firebase_push_url", "firebase_authorization_file",
+               "apple_push_url", "voip", "apple_apns_id", "firebase_push_url", "firebase_authorization_file",
                "firebase_authorization_key", "tls_ca_file", "log_remote_urls", "log_remote_timeout",
                "log_remote_key")
 
@@ -443,6 +445,7 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         team_id=values.get("team_id", "").strip(),
         apple_host=host, apple_port=port,
         voip=_bool(values.get("voip", "false"), "voip"),
+        apple_apns_id=_bool(values.get("apple_apns_id", "false"), "apple_apns_id"),
         firebase_push_url=firebase_url,
         firebase_authorization_file=credential("firebase_authorization_file"),
         firebase_authorization_key=values.get("firebase_authorization_key", "").strip(),

@@ -30,6 +30,7 @@ GENERAL_KEYS: Dict[str, FrozenSet[str]] = {
 APPLICATION_KEYS: FrozenSet[str] = frozenset({
     "app_id", "app_type", "app_platform",
     "apple_certificate", "apple_key", "key_id", "team_id", "apple_push_url", "apple_connections", "voip",
+    "apple_apns_id",
     "firebase_push_url", "firebase_authorization_file", "firebase_authorization_key", "firebase_max_in_flight",
     "firebase_connections",
     "tls_ca_file", "log_remote_urls", "log_remote_timeout", "log_remote_key",

@@ -14,14 +14,14 @@ import re
 from io import BytesIO
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from sylkpush import __version__
 from sylkpush.api_keys import ApiKeys
-from sylkpush.dispatch import Answer, ApiError, Dispatcher
+from sylkpush.dispatch import Answer, ApiError, Dispatcher, exc_info_of
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,6 @@ def unsupported_content_type(request: server.Request) -> Optional[str]:
     if not media or media == b"application/json" or (media.endswith(b"+json") and b"/" in media):
         return None
     return media.decode("latin-1")
-
-
-def exc_info_of(failure: Failure) -> Tuple[Any, Any, Any]:
-    """``exc_info`` for logging: the traceback then goes to the log's own
-    traceback block, the message stays one line."""
-    return failure.type, failure.value, failure.getTracebackObject()
 
 
 def sniff_call_id(raw: bytes) -> Optional[str]:
@@ -224,7 +218,8 @@ class Welcome(JsonResource):
 
 def client_address(request: server.Request) -> str:
     address = request.getClientAddress()
-    return getattr(address, "host", str(address))
+    host = getattr(address, "host", None)
+    return host if host is not None else str(address)
 
 
 def caller(request: server.Request) -> str:
@@ -303,7 +298,10 @@ class AnsweringResource(JsonResource):
             if gone:
                 log.info("%s: caller went away before the answer %s", request_id, result.code)
                 return
-            request.write(write_json(request, result.code, result.description, result.data))
+            body = write_json(request, result.code, result.description, result.data)
+            # with its length the answer is one write, not chunks
+            request.setHeader(b"content-length", b"%d" % len(body))
+            request.write(body)
             request.finish()
 
         def failed(failure: Failure) -> None:
@@ -334,7 +332,7 @@ class PushResource(AnsweringResource):
             prepared = self.dispatcher.prepare(body, caller(request))
         except ApiError as exc:
             return self.refuse(request, exc, body)
-        delivery = ensureDeferred(self.dispatcher.deliver(prepared))
+        delivery = self.dispatcher.deliver(prepared)
         if not self.return_async():
             delivery.addErrback(self._unexpected, prepared.request_id)
             return write_json(request, 202, "accepted for delivery")

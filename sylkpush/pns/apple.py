@@ -177,8 +177,9 @@ class AppleClient(H2PoolClient):
         headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
                    (":path", path)]
         headers.extend((str(name).lower(), str(value)) for name, value in push.headers.items())
-        if "apns-id" not in push.headers:
+        if self.app.apple_apns_id and "apns-id" not in push.headers:
             # one id for every try of this push, so a delivery can be traced and counted
+            # (without it APNs makes one up for each try: a unique header costs CPU on every push)
             headers.append(("apns-id", str(uuid.uuid4())))
         return _ApplePending(push, self, url, body, headers)
 
@@ -193,9 +194,9 @@ class AppleClient(H2PoolClient):
         if authorization is not None:
             headers = headers + [("authorization", authorization)]
         pending.authorization = authorization
-        request_id = pending.push.request_id
-        log.info("%s: sending to %s (try %d)", request_id, pending.url, pending.attempts)
         if log.isEnabledFor(logging.DEBUG):
+            request_id = pending.push.request_id
+            log.debug("%s: sending to %s (try %d)", request_id, pending.url, pending.attempts)
             log.debug("%s: request headers %s", request_id, _redact(headers))
             log.debug("%s: request body %s", request_id, pending.body.decode("utf-8", "replace"))
         return headers, pending.body

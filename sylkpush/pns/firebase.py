@@ -259,8 +259,8 @@ class FirebaseClient(H2PoolClient):
 
     def request(self, pending: _FirebasePending) -> Request:
         push = pending.push
-        log.info("%s: POST %s (try %d)", push.request_id, self.url, pending.attempts)
         if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: POST %s (try %d)", push.request_id, self.url, pending.attempts)
             shown = {name: value for name, value in pending.headers if not name.startswith(":")}
             shown["authorization"] = _REDACTED
             log.debug("%s: outgoing headers %s", push.request_id, json.dumps(shown))

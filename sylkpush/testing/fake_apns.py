@@ -311,6 +311,8 @@ class FakeAPNs:
         self.deliveries: Counter = Counter()
         self.answers: Counter = Counter()
         self.requests_received = 0
+        #: the apns-id of each request received ("" when it had none)
+        self.apns_ids_received: List[str] = []
         self.connections_made = 0
         self.max_open_streams = 0
         self.dropped = 0
@@ -441,11 +443,14 @@ class FakeAPNs:
 
     def applications_ini(self, app_id: str = "com.example.fake", app_type: str = "sylk",
                          auth: str = "certificate", section: Optional[str] = None,
-                         voip: bool = False) -> str:
-        """An applications.ini section that points an Apple app at this fake."""
+                         voip: bool = False, apns_id: bool = True) -> str:
+        """An applications.ini section that points an Apple app at this fake
+        (``apns_id``: with our own apns-id, by which the fake counts deliveries)."""
         lines = [f"[{section or app_id}]", f"app_id = {app_id}", f"app_type = {app_type}",
                  "app_platform = apple", f"apple_push_url = {self.authority}",
                  f"tls_ca_file = {self.ca_file}", f"voip = {'true' if voip else 'false'}"]
+        if apns_id:
+            lines.append("apple_apns_id = true")
         if auth == "token":
             lines += [f"apple_key = {self.auth_key_file}", f"key_id = {self.key_id}",
                       f"team_id = {self.team_id}"]
@@ -455,11 +460,12 @@ class FakeAPNs:
         return "\n".join(lines) + "\n"
 
     def app_config(self, app_id: str = "com.example.fake", auth: str = "certificate",
-                   app_type: str = "sylk") -> Any:
+                   app_type: str = "sylk", apns_id: bool = True) -> Any:
         """An :class:`sylkpush.config.AppConfig` for this fake (no config files needed)."""
         from sylkpush.config import AppConfig
         common = dict(section=app_id, app_id=app_id, app_type=app_type, platform="apple",
-                      apple_host=self.host, apple_port=self.port, tls_ca_file=self.ca_file)
+                      apple_host=self.host, apple_port=self.port, tls_ca_file=self.ca_file,
+                      apple_apns_id=apns_id)
         if auth == "token":
             return AppConfig(apple_key=self.auth_key_file, key_id=self.key_id, team_id=self.team_id,
                              **common)
@@ -471,6 +477,7 @@ class FakeAPNs:
     def _handle(self, connection: FakeAPNsProtocol, request: _Request) -> None:
         self.requests_received += 1
         headers = dict(request.headers)
+        self.apns_ids_received.append(headers.get("apns-id", ""))
         apns_id = headers.get("apns-id") or str(uuid.uuid4())
         if self._reset_next > 0:
             self._reset_next -= 1
