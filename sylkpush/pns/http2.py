@@ -255,9 +255,12 @@ class H2ClientProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         # our headers are built lowercase and clean; h2's re-checking of every
-        # outgoing header costs more than sending it
+        # outgoing header costs more than sending it.  Of an answer only
+        # :status and a few headers are read, each parsed defensively: h2's
+        # checks of every incoming header are not needed either.
         config = H2Configuration(client_side=True, header_encoding="utf-8",
-                                 validate_outbound_headers=False, normalize_outbound_headers=False)
+                                 validate_outbound_headers=False, normalize_outbound_headers=False,
+                                 validate_inbound_headers=False)
         self.conn = CountingH2Connection(config, lambda: len(self._streams))
         self.conn.encoder = LiteralEncoder()
         self.conn.initiate_connection()
