@@ -113,8 +113,10 @@ def write_config(directory: str, port: int, applications: str, return_async: boo
                  workers: int = 1) -> str:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "general.ini"), "w") as stream:
+        # max_connections: the outage run holds 10 000 callers' connections open
         stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = {str(return_async).lower()}\n"
-                     f"spool_dir = spool\n" + (f"workers = {workers}\n" if workers != 1 else ""))
+                     f"spool_dir = spool\nmax_connections = 20000\n"
+                     + (f"workers = {workers}\n" if workers != 1 else ""))
     with open(os.path.join(directory, "applications.ini"), "w") as stream:
         stream.write(applications)
     return directory

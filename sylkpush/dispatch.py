@@ -52,7 +52,7 @@ class ApiError(Exception):
         self.call_id = call_id
 
 
-@dataclass
+@dataclass(slots=True)
 class PreparedPush:
     """A validated request with its application and rendered push."""
 
@@ -67,7 +67,7 @@ class PreparedPush:
         return self.push.request_id
 
 
-@dataclass
+@dataclass(slots=True)
 class Answer:
     """What the HTTP layer sends back: status, description and data."""
 
@@ -171,7 +171,9 @@ class Dispatcher:
         """
         app = self.application(body)
         try:
-            notification = parse_notification(body, app.config.app_type, app.config.platform)
+            # the body is kept for remote logging only: a push held during an outage costs less
+            notification = parse_notification(body, app.config.app_type, app.config.platform,
+                                              keep_raw=bool(app.config.log_remote_urls))
         except ValidationError as exc:
             raise ApiError(400, str(exc), {"field": exc.field}) from None
 
@@ -182,7 +184,7 @@ class Dispatcher:
             log.debug("%s: incoming request from %s: from %s to %s device %s token %s", request_id,
                       client_address, notification.sip_from, notification.sip_to,
                       notification.device_id or "-", notification.token)
-            log.debug("%s: incoming body %s", request_id, json.dumps(notification.raw, sort_keys=True))
+            log.debug("%s: incoming body %s", request_id, json.dumps(body, sort_keys=True))
         wall_clock = time.time()
         try:
             headers = app.headers_class(notification, app.config, wall_clock).headers

@@ -267,14 +267,14 @@ class AnsweringResource(JsonResource):
         self.dispatcher = dispatcher
         #: set when the server shuts down: new requests are answered 503
         self.closing = False
-        #: the answer function of every caller still waiting, by request
-        self.waiting: Dict[server.Request, Callable[[Answer], None]] = {}
+        #: every caller still waiting, by request
+        self.waiting: Dict[server.Request, "_Waiter"] = {}
 
     def answer_waiting(self, code: int, description: str) -> int:
         """Answer every caller still waiting with ``code``; how many there were."""
         waiting, self.waiting = self.waiting, {}
-        for answer in waiting.values():
-            answer(Answer(code, description, {}))
+        for waiter in waiting.values():
+            waiter.answer(Answer(code, description, {}))
         return len(waiting)
 
     def _refuse(self, request: server.Request, code: int, description: str,
@@ -307,6 +307,7 @@ class AnsweringResource(JsonResource):
             raise ApiError(413, f"request body is larger than {MAX_BODY} bytes",
                            call_id=sniff_call_id(getattr(request, "head", b"")))
         raw = request.content.read()
+        request.content = None  # read: not held while the push waits for its answer
         try:
             return decode_json(raw)
         except BodyError as exc:
@@ -314,34 +315,45 @@ class AnsweringResource(JsonResource):
 
     def answer_later(self, request: server.Request, work: "Deferred[Answer]", request_id: str) -> Any:
         """Answer ``request`` when ``work`` fires (for :meth:`render`)."""
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(result: Answer) -> None:
-            self.waiting.pop(request, None)
-            if request.finished:  # answered at the drain deadline already
-                return
-            if gone:
-                log.info("%s: caller went away before the answer %s", request_id, result.code)
-                return
-            body = write_json(request, result.code, result.description, result.data)
-            # with its length the answer is one write, not chunks
-            request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
-
-        def failed(failure: Failure) -> None:
-            self._unexpected(failure, request_id)
-            answer(Answer(500, "internal server error", {}))
-
+        waiter = _Waiter(self, request, request_id)
         if not work.called:
-            self.waiting[request] = answer
-        work.addCallbacks(answer, failed)
+            self.waiting[request] = waiter
+        work.addCallbacks(waiter.answer, waiter.failed)
         return server.NOT_DONE_YET
 
     @staticmethod
     def _unexpected(failure: Failure, request_id: str) -> None:
         log.error("%s: unexpected error", request_id, exc_info=exc_info_of(failure))
+
+
+class _Waiter:
+    """A caller waiting for its answer: one small object (thousands wait
+    during an outage) rather than closures and a Deferred of notifyFinish."""
+
+    __slots__ = ("resource", "request", "request_id")
+
+    def __init__(self, resource: AnsweringResource, request: server.Request, request_id: str) -> None:
+        self.resource = resource
+        self.request = request
+        self.request_id = request_id
+
+    def answer(self, result: Answer) -> None:
+        request = self.request
+        self.resource.waiting.pop(request, None)
+        if request.finished:  # answered at the drain deadline already
+            return
+        if getattr(request, "_disconnected", False):  # twisted.web's mark of a caller gone (not in test doubles)
+            log.info("%s: caller went away before the answer %s", self.request_id, result.code)
+            return
+        body = write_json(request, result.code, result.description, result.data)
+        # with its length the answer is one write, not chunks
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    def failed(self, failure: Failure) -> None:
+        self.resource._unexpected(failure, self.request_id)
+        self.answer(Answer(500, "internal server error", {}))
 
 
 class PushResource(AnsweringResource):

@@ -125,13 +125,14 @@ def device_path(token: str) -> str:
 
 
 class _ApplePending(H2Pending):
-    """A push with its APNs request."""
+    """A push with its APNs payload (its headers are made for each try: a
+    push held during an outage costs less)."""
 
     def __init__(self, push: OutgoingPush, client: "AppleClient", url: str, body: bytes,
-                 headers: List[Tuple[str, str]]) -> None:
+                 apns_id: Optional[str]) -> None:
         super().__init__(push, client, url)
         self.body = body
-        self.headers = headers
+        self.apns_id = apns_id
         self.authorization: Optional[str] = None
         self.auth_retried = False
 
@@ -174,14 +175,12 @@ class AppleClient(H2PoolClient):
                                      f"the limit is {limit})", url)
             log.info("%s: not sent to %s: %s", push.request_id, url, result.reason)
             return result
-        headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
-                   (":path", path)]
-        headers.extend((str(name).lower(), str(value)) for name, value in push.headers.items())
+        apns_id = None
         if self.app.apple_apns_id and "apns-id" not in push.headers:
             # one id for every try of this push, so a delivery can be traced and counted
             # (without it APNs makes one up for each try: a unique header costs CPU on every push)
-            headers.append(("apns-id", str(uuid.uuid4())))
-        return _ApplePending(push, self, url, body, headers)
+            apns_id = str(uuid.uuid4())
+        return _ApplePending(push, self, url, body, apns_id)
 
     def open(self) -> None:
         log.info("APNs client for %s (%s auth) opening %d connections to %s", self.app.app_id,
@@ -189,10 +188,14 @@ class AppleClient(H2PoolClient):
         super().open()
 
     def request(self, pending: _ApplePending) -> Request:
-        headers = pending.headers
+        headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
+                   (":path", pending.url[len(self.base_url):])]
+        headers.extend((str(name).lower(), str(value)) for name, value in pending.push.headers.items())
+        if pending.apns_id is not None:
+            headers.append(("apns-id", pending.apns_id))
         authorization = self.auth.authorization()
         if authorization is not None:
-            headers = headers + [("authorization", authorization)]
+            headers.append(("authorization", authorization))
         pending.authorization = authorization
         if log.isEnabledFor(logging.DEBUG):
             request_id = pending.push.request_id

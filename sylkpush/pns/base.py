@@ -22,7 +22,7 @@ class ConfigError(Exception):
     """An application's settings are unusable; the message says why."""
 
 
-@dataclass
+@dataclass(slots=True)
 class OutgoingPush:
     """One notification ready to be sent by a push-service client."""
 
@@ -36,7 +36,7 @@ class OutgoingPush:
     voip: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class PushResult:
     """The final outcome of one push, as reported to the HTTP caller."""
 
