@@ -134,8 +134,10 @@ class Daemon:
         self.port = port
         command = [python, "-c", DAEMON, "--config_dir", config_dir, "--no-fork"]
         self.log_path = os.path.join(config_dir, "daemon.log")
+        # run in the source tree: "python -c" puts the working directory first on sys.path
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"),
-                                        env=dict(os.environ, PYTHONPATH=source), preexec_fn=raise_fd_limit)
+                                        env=dict(os.environ, PYTHONPATH=source), cwd=source,
+                                        preexec_fn=raise_fd_limit)
         self.profiler: Optional[subprocess.Popen] = None
         deadline = time.time() + 20
         while time.time() < deadline:
