@@ -140,6 +140,8 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.summed: Optional[CollectorRegistry] = None if multiprocess_dir else self.registry
         self._summed_state: Optional[SummedClientStatus] = None
+        #: (app, platform, code) -> the request counter's and latency histogram's children
+        self._children: Dict[Tuple[str, str, int], Tuple[Any, Any]] = {}
         self._refreshing: Optional[LoopingCall] = None
         self.requests = Counter("sylkpush_requests", "Pushes answered, by application, platform and final code",
                                 ["app", "platform", "code"], registry=self.summed)
@@ -185,8 +187,14 @@ class Metrics:
     def observe(self, prepared: PreparedPush, result: PushResult) -> None:
         """Dispatcher observer: one finished push."""
         config = prepared.app.config
-        self.requests.labels(config.app_id, config.platform, str(result.code)).inc()
-        self.latency.labels(config.app_id, config.platform).observe(max(0.0, self.clock() - prepared.started))
+        # the labelled children are looked up once: labels() costs more than inc() and observe()
+        key = (config.app_id, config.platform, result.code)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(config.app_id, config.platform, str(result.code)),
+                                              self.latency.labels(config.app_id, config.platform))
+        children[0].inc()
+        children[1].observe(max(0.0, self.clock() - prepared.started))
 
     def refused(self, code: int) -> None:
         """Dispatcher refusal observer."""

@@ -98,18 +98,21 @@ class TwoWorkersTests(unittest.TestCase):
         self.assertEqual(sum(by_worker), REQUESTS)
         self.assertTrue(all(by_worker), by_worker)
         # whichever worker answers /metrics, it adds up both; the state of the
-        # other worker (pushes in flight) is at most a second old
+        # other worker (pushes in flight, up) is at most a second old
         scrapes = []
-        while len(scrapes) < 6:
+        for _ in range(50):
             code, text, _ = yield post(self.url + "/metrics", None, method="GET")
             self.assertEqual(code, 200)
             self.assertEqual(requests_total(text), REQUESTS, text)
-            self.assertIn('sylkpush_application_up{app="com.example.sylk",platform="apple"} 1.0', text)
             self.assertIn('sylkpush_reconnects_total{app="com.example.sylk",platform="apple"}', text)
-            if "sylkpush_in_flight 0.0" in text:
+            if "sylkpush_in_flight 0.0" in text and \
+                    'sylkpush_application_up{app="com.example.sylk",platform="apple"} 1.0' in text:
                 scrapes.append(text)
+                if len(scrapes) == 6:
+                    break
             else:
                 yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(len(scrapes), 6, text)
 
     @defer.inlineCallbacks
     def test_sigterm_and_sighup_reach_every_worker(self):

@@ -245,7 +245,10 @@ class H2PoolClient(DeliveryClient):
             self._connect(slot)
 
     def capacity(self) -> int:
-        return sum(protocol.available_streams() for protocol in self.ready)
+        room = 0
+        for protocol in self.ready:
+            room += protocol.available_streams()
+        return room
 
     def attempt(self, pending: PendingPush) -> None:
         protocol = self._free_connection()
