@@ -126,5 +126,6 @@ class MypnsClient(DeliveryClient):
     def close(self) -> Any:
         return self.pool.closeCachedConnections()
 
-    def status(self) -> Dict[str, Any]:
-        return dict(super().status(), url=self.url)
+    def connection_status(self) -> Dict[str, Any]:
+        # the engine adds the state while stopping or failing, the counts and the record of results
+        return dict(super().connection_status(), url=self.url)

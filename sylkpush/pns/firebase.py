@@ -326,14 +326,12 @@ class FirebaseClient(DeliveryClient):
     def close(self) -> Deferred:
         return self.pool.closeCachedConnections()
 
-    def status(self) -> Dict[str, Any]:
-        if self.stopping:
-            state = "stopped"
-        elif self.tokens is not None and self.tokens._token is None:
+    def connection_status(self) -> Dict[str, Any]:
+        if self.tokens is not None and self.tokens._token is None:
             state = "authenticating" if self.tokens.fetching else "no-access-token"
         else:
             state = "ready"
-        return dict(self.counts(), state=state, reconnects=self.connection_failures,
+        return dict(state=state, reconnects=self.connection_failures,
                     token_refreshes=self.tokens.refreshes if self.tokens is not None else 0)
 
     # --- one try -------------------------------------------------------------------
