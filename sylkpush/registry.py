@@ -90,13 +90,19 @@ def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: An
                    find_renderers: RendererFinder = default_renderers,
                    previous: Optional[AppRegistry] = None,
                    ) -> Tuple[AppRegistry, List[Tuple[str, str]]]:
-    """Make an :class:`Application` of each config.
+    """Make an :class:`Application` of each config (clients not started).
 
     Returns the registry and ``(section, reason)`` for each application left
     out.  An application whose push-service code cannot be loaded stays in,
     without a client, so its requests get a 503 that says why.  With
     ``previous`` (a reload), an application whose settings are unchanged
-    keeps its running client, so its connections survive the reload.
+    (the contents of the files it names included) keeps its running client,
+    so its connections survive the reload.
+
+    Building reads key files, parses keys and imports custom modules: a
+    reload runs it in a thread (see :mod:`sylkpush.service`), so nothing here
+    may schedule a timer or connect; ``start()`` does that, on the reactor
+    thread.
     """
     apps: List[Application] = []
     problems: List[Tuple[str, str]] = []
@@ -142,18 +148,17 @@ class Rebuild:
     kept: List[str]
 
 
-def rebuild_registry(settings: Settings, configs: Iterable[AppConfig], problems: Iterable[Tuple[str, str]],
-                     previous: AppRegistry, reactor: Any,
-                     find_client: ClientClassFinder = default_client_class,
-                     find_renderers: RendererFinder = default_renderers) -> Rebuild:
-    """The registry for a reloaded applications.ini.
+def rebuild_registry(built: Tuple[AppRegistry, List[Tuple[str, str]]], problems: Iterable[Tuple[str, str]],
+                     previous: AppRegistry) -> Rebuild:
+    """The registry for a reloaded applications.ini, from what
+    :func:`build_registry` made of it with ``previous``.
 
     Unchanged applications keep their clients; a section whose new settings
-    are broken keeps its previous application (SPEC §10: "the previous
-    working settings stay active"), unless another section now owns its key;
-    a section that was removed from the file is removed.
+    are broken keeps its previous application (the previous working
+    settings stay active), unless another section now owns its key; a
+    section that was removed from the file is removed.
     """
-    registry, more = build_registry(settings, configs, reactor, find_client, find_renderers, previous)
+    registry, more = built
     problems = list(problems) + more
     apps = {app.config.key: app for app in registry}
     old_by_section = {app.config.section: app for app in previous}

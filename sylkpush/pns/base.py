@@ -53,6 +53,8 @@ class PushClient:
     Subclasses are built with ``Client(app, reactor)`` where ``app`` is an
     :class:`sylkpush.config.AppConfig`; they raise :class:`ConfigError` from
     the constructor when the settings cannot work (missing key file, ...).
+    A reload builds clients in a thread: the constructor reads and checks,
+    and leaves timers and connections to :meth:`start`.
     """
 
     #: platform name this client serves (``apple``, ``firebase``, ...)
