@@ -179,7 +179,14 @@ def rebuild_registry(built: Tuple[AppRegistry, List[Tuple[str, str]]], problems:
     return Rebuild(registry, added, retired, problems, kept)
 
 
-def log_problems(problems: Iterable[Tuple[str, str]]) -> None:
-    """One ERROR line per application left out, naming section and reason."""
+def log_problems(problems: Iterable[Tuple[str, str]], kept: Iterable[str] = ()) -> None:
+    """One line per section with a problem, naming it and the reason: an
+    ERROR for an application left out, a WARNING for one of ``kept``, whose
+    previous working settings stay active."""
+    kept = set(kept)
     for section, reason in problems:
-        log.error("application [%s] disabled: %s", section, reason)
+        if section in kept:
+            log.warning("application [%s]: new settings not applied, its previous working settings stay "
+                        "active: %s", section, reason)
+        else:
+            log.error("application [%s] disabled: %s", section, reason)

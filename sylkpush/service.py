@@ -253,9 +253,7 @@ class PushServer(service.Service):
         if not self.running:
             return False
         rebuild = rebuild_registry(built, problems, previous)
-        log_problems(rebuild.problems)
-        for section in rebuild.kept:
-            log.warning("application [%s]: its previous working settings stay active", section)
+        log_problems(rebuild.problems, rebuild.kept)
         for client in rebuild.added:
             client.start()
         # one assignment: a request sees either the old or the new registry, whole
