@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sylkpush.pns.apple_auth import TokenAuth, auth_for
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
+from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult, headers_text
 from sylkpush.pns.engine import DeliveryClient, parse_retry_after
 from sylkpush.pns.http2 import REFUSED, RESET, UNPROCESSED, H2ClientProtocol
 from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, IN_FLIGHT, PendingPush, backoff_delay
@@ -132,9 +132,6 @@ def _authority(host: str, port: int) -> str:
     name = f"[{host}]" if ":" in host else host
     return name if port == 443 else f"{name}:{port}"
 
-
-def _redact(headers: List[Tuple[str, str]]) -> Dict[str, str]:
-    return {name: ("<redacted>" if name == "authorization" else value) for name, value in headers}
 
 
 
@@ -387,8 +384,8 @@ class AppleClient(DeliveryClient):
         request_id = pending.push.request_id
         log.info("%s: sending to %s (try %d)", request_id, pending.url, pending.attempts)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: request headers %s", request_id, _redact(headers))
-            log.debug("%s: request body %s", request_id, pending.body.decode("utf-8", "replace"))
+            log.debug("%s: outgoing headers %s", request_id, headers_text(headers))
+            log.debug("%s: outgoing body %s", request_id, pending.body.decode("utf-8", "replace"))
         pending.written = True
         protocol.request(headers, pending.body, pending)
 
@@ -436,8 +433,8 @@ class AppleClient(DeliveryClient):
         pending.slot.failures = 0  # an answer: this connection works
         request_id = pending.push.request_id
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: response %d headers %s body %s", request_id, status, headers,
-                      raw.decode("utf-8", "replace"))
+            log.debug("%s: incoming %d headers %s", request_id, status, headers_text(headers))
+            log.debug("%s: incoming body %s", request_id, raw.decode("utf-8", "replace"))
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
