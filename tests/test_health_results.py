@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IHostnameResolver
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -15,6 +15,7 @@ from sylkpush.pns.firebase import FirebaseClient
 from sylkpush.testing.fake_apns import FakeAPNs
 from sylkpush.testing.fake_fcm import FakeFCM
 from tests.doubles import capture_logs
+from tests.firebase_helpers import wait_until
 from tests.helpers import post, start_server, wakeup
 from tests.test_monitoring import labels, samples
 
@@ -39,16 +40,6 @@ class NoSuchNames:
         receiver.resolutionComplete()
         return None
 
-
-@defer.inlineCallbacks
-def until(condition, limit=20.0):
-    """Let the reactor run until ``condition()`` holds."""
-    waited = 0.0
-    while not condition():
-        if waited > limit:
-            raise AssertionError(f"not reached within {limit} s")
-        yield task.deferLater(reactor, 0.01, lambda: None)
-        waited += 0.01
 
 
 class FailingApplicationTests(unittest.TestCase):
@@ -75,7 +66,7 @@ class FailingApplicationTests(unittest.TestCase):
         client = server.registry.get("com.example.sylk", "firebase").client
         code, _, _ = yield post(url + "/push", wakeup(platform="firebase"))
         self.assertEqual(code, 202)
-        yield until(lambda: client.consecutive_failures >= 3)
+        yield wait_until(lambda: client.consecutive_failures >= 3)
         code, body = yield self.health(url)
         self.assertEqual((code, body["description"]), (503, "no application can deliver"))
         status = body["data"]["firebase/com.example.sylk"]
@@ -104,18 +95,18 @@ class FailingApplicationTests(unittest.TestCase):
         server, url = start_server(self, fake.applications_ini("com.example.sylk", "sylk"), ANSWER_AT_ONCE,
                                    find_client=None)
         client = server.registry.get("com.example.sylk", "apple").client
-        yield until(lambda: client.connection_status()["state"] == "connected")
+        yield wait_until(lambda: client.connection_status()["state"] == "connected")
         code, body = yield self.health(url)
         self.assertEqual(body["data"]["apple/com.example.sylk"]["state"], "connected")
         yield post(url + "/push", wakeup())
-        yield until(lambda: client.consecutive_failures >= 3)
+        yield wait_until(lambda: client.consecutive_failures >= 3)
         code, body = yield self.health(url)
         status = body["data"]["apple/com.example.sylk"]
         self.assertEqual((code, status["state"], status["up"]), (503, "failing", False))
         self.assertEqual(status["connections"], 2)  # connected, and still failing
         self.assertEqual(status["last_failure_reason"], "500 InternalServerError - An internal server error occurred.")
         fake.fail_all(None)
-        yield until(lambda: client.last_success is not None)
+        yield wait_until(lambda: client.last_success is not None)
         code, body = yield self.health(url)
         status = body["data"]["apple/com.example.sylk"]
         self.assertEqual((code, status["state"], status["up"], status["consecutive_failures"]),
@@ -139,14 +130,14 @@ class FailingApplicationTests(unittest.TestCase):
         yield fake.stop()
         server, url = start_server(self, fake.applications_ini("com.example.sylk", "sylk"), find_client=None)
         client = server.registry.get("com.example.sylk", "apple").client
-        yield until(lambda: client.connect_failures >= 3)
+        yield wait_until(lambda: client.connect_failures >= 3)
         code, body = yield self.health(url)
         status = body["data"]["apple/com.example.sylk"]
         self.assertEqual((code, status["state"], status["up"]), (503, "failing", False))
         self.assertIn(f"cannot connect to {fake.authority}", status["last_failure_reason"])
         self.assertEqual(status["last_error"], status["last_failure_reason"])
         yield fake.start()
-        yield until(lambda: client.connection_status()["state"] == "connected")
+        yield wait_until(lambda: client.connection_status()["state"] == "connected")
         code, body = yield self.health(url)
         status = body["data"]["apple/com.example.sylk"]
         self.assertEqual((code, status["state"], status["connect_failures"]), (200, "connected", 0))

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
@@ -23,7 +23,7 @@ from sylkpush.testing.fake_apns import FakeAPNs
 from sylkpush.testing.fake_fcm import FakeFCM
 from tests.apple_helpers import FakeAPNsMixin
 from tests.doubles import capture_logs
-from tests.firebase_helpers import FakeFCMMixin, push_for, service_key
+from tests.firebase_helpers import FakeFCMMixin, push_for, service_key, wait_until
 from tests.helpers import post, wakeup
 from tests.test_custom_modules import FakeMypns, config_dir_with_templates, mypns_app
 from tests.test_remote_log import LogCollector
@@ -33,16 +33,6 @@ def quiet_site(resource):
     site = server.Site(resource)
     site.noisy = False  # the test's own listeners must not be what is heard
     return site
-
-
-@defer.inlineCallbacks
-def until(condition, limit=20.0):
-    waited = 0.0
-    while not condition():
-        if waited > limit:
-            raise AssertionError(f"not reached within {limit} s")
-        yield task.deferLater(reactor, 0.01, lambda: None)
-        waited += 0.01
 
 
 class FactoryLinesTests(unittest.TestCase):
@@ -92,13 +82,13 @@ class FactoryLinesTests(unittest.TestCase):
         caller = connection_pool(reactor)  # the test's own requests must not be what is heard either
         self.addCleanup(caller.closeCachedConnections)
         for round_ in range(2):
-            yield until(lambda: apple.connection_status()["state"] == "connected")
+            yield wait_until(lambda: apple.connection_status()["state"] == "connected")
             for platform, app_id in (("apple", "com.example.sylk"), ("firebase", "com.example.sylk"),
                                      ("mypns", "com.example.mine")):
                 request = wakeup(platform=platform, call_id=f"{platform}-{round_}", **{"app-id": app_id})
                 code, body, _ = yield post(url, request, pool=caller)
                 self.assertEqual(code, 200, body)
-            yield until(lambda: not push_server.remote_log.in_flight)
+            yield wait_until(lambda: not push_server.remote_log.in_flight)
             if not round_:  # both fakes crash and come back: every client connects again
                 yield apns.restart()
                 yield fcm.restart()
