@@ -263,7 +263,9 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         remote_timeout = float(values.get("log_remote_timeout", "") or 2)
     except ValueError:
         raise ConfigFileError("log_remote_timeout must be a number of seconds") from None
-    files = {key: credential(key) for key in CREDENTIAL_KEYS}
+    files = {"apple_certificate": credential("apple_certificate"), "apple_key": credential("apple_key"),
+             "firebase_authorization_file": credential("firebase_authorization_file"),
+             "tls_ca_file": credential("tls_ca_file")}
     apple_certificate = files["apple_certificate"]
     return AppConfig(
         section=section, app_id=app_id, app_type=app_type, platform=platform,
@@ -284,10 +286,6 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         options=tuple(sorted(values.items())),
         files_digest=files_digest(files_named(settings, values, files)),
     )
-
-
-#: the keys naming credential files, checked to exist when the configuration is read
-CREDENTIAL_KEYS = ("apple_certificate", "apple_key", "firebase_authorization_file", "tls_ca_file")
 
 
 def files_named(settings: Settings, values: Dict[str, str], credentials: Dict[str, str]) -> List[str]:
