@@ -11,12 +11,13 @@ credential pasted into the wrong place must not end up in a log.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import ipaddress
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from sylkpush.config_keys import application_warnings, general_warnings
@@ -304,7 +305,7 @@ class AppConfig:
     # Apple
     apple_certificate: str = ""
     #: notAfter of apple_certificate (seconds since the epoch), read with the
-    #: configuration; a renewed certificate thus makes the section "changed"
+    #: configuration
     apple_certificate_not_after: Optional[float] = None
     apple_key: str = ""
     key_id: str = ""
@@ -323,6 +324,9 @@ class AppConfig:
     log_remote_key: str = ""
     #: every key of the section as written, for custom modules
     options: Tuple[Tuple[str, str], ...] = ()
+    #: digest of the contents of the files the section names (see
+    #: :func:`files_digest`): a file replaced in place makes the section "changed"
+    files_digest: str = ""
 
     @property
     def key(self) -> Tuple[str, str]:
@@ -417,25 +421,56 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         remote_timeout = _seconds(values.get("log_remote_timeout", "").strip() or "2")
     except SettingError as exc:
         raise SettingError(exc.rule, "log_remote_timeout") from None
-    apple_certificate = credential("apple_certificate")
+    files = {"apple_certificate": credential("apple_certificate"), "apple_key": credential("apple_key"),
+             "firebase_authorization_file": credential("firebase_authorization_file"),
+             "tls_ca_file": credential("tls_ca_file")}
+    apple_certificate = files["apple_certificate"]
     return AppConfig(
         section=section, app_id=app_id, app_type=app_type, platform=platform,
         apple_certificate=apple_certificate,
         apple_certificate_not_after=pem_file_not_after(apple_certificate) if apple_certificate else None,
-        apple_key=credential("apple_key"),
+        apple_key=files["apple_key"],
         key_id=values.get("key_id", "").strip(),
         team_id=values.get("team_id", "").strip(),
         apple_host=host, apple_port=port,
         voip=_bool(values.get("voip", "false"), "voip"),
         firebase_push_url=firebase_url,
-        firebase_authorization_file=credential("firebase_authorization_file"),
+        firebase_authorization_file=files["firebase_authorization_file"],
         firebase_authorization_key=values.get("firebase_authorization_key", "").strip(),
-        tls_ca_file=credential("tls_ca_file"),
+        tls_ca_file=files["tls_ca_file"],
         log_remote_urls=remote_urls,
         log_remote_timeout=remote_timeout,
         log_remote_key=values.get("log_remote_key", "").strip(),
         options=tuple(sorted(values.items())),
+        files_digest=files_digest(files_named(settings, values, files)),
     )
+
+
+def files_named(settings: Settings, values: Dict[str, str], credentials: Dict[str, str]) -> List[str]:
+    """The files a section names: its credentials, and any other ``*_file``
+    key naming an existing file (custom push services read those)."""
+    paths = [path for path in credentials.values() if path]
+    for key, value in sorted(values.items()):
+        if key.endswith("_file") and key not in credentials and value.strip():
+            path = settings.credential(value.strip())
+            if os.path.isfile(path):
+                paths.append(path)
+    return paths
+
+
+def files_digest(paths: Sequence[str]) -> str:
+    """SHA-256 over the names and contents of ``paths`` (a file that cannot
+    be read counts as empty: the client that loads it says why)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as stream:
+                content = stream.read()
+        except OSError:
+            content = b""
+        digest.update(f"{path}\0{len(content)}\0".encode("utf-8", "surrogateescape"))
+        digest.update(content)
+    return digest.hexdigest()
 
 
 def load_applications(settings: Settings) -> Tuple[List[AppConfig], List[Tuple[str, str]]]:

@@ -4,7 +4,9 @@ Each server has its own :class:`~prometheus_client.CollectorRegistry` (never
 the process-wide default), so several servers in one process (the tests) do
 not mix their numbers.  Counters are fed by the dispatcher's observers; the
 state of the push clients (queue depth, reconnects, token refreshes) is read
-from their ``status()`` at scrape time, so the clients need no metrics code.
+from their ``status()`` at scrape time, and the record of results of those
+on the delivery engine from its attributes, so the clients need no metrics
+code.
 
 Only prometheus_client API present in Debian 12's 0.16 is used.
 """
@@ -21,6 +23,7 @@ from twisted.web import server
 
 from sylkpush.dispatch import Dispatcher, PreparedPush
 from sylkpush.pns.base import PushResult
+from sylkpush.pns.engine import DeliveryClient
 from sylkpush.registry import AppRegistry
 from sylkpush.web import JsonResource
 
@@ -46,6 +49,16 @@ class ClientStatusCollector:
                                          labels=labels)
         refreshes = CounterMetricFamily("sylkpush_token_refreshes",
                                         "Authentication tokens (JWT, OAuth) renewed", labels=labels)
+        last_success = GaugeMetricFamily("sylkpush_last_success_timestamp_seconds",
+                                         "When the push service last answered a push (not 5xx, 401, 403), "
+                                         "seconds since the epoch", labels=labels)
+        last_failure = GaugeMetricFamily("sylkpush_last_failure_timestamp_seconds",
+                                         "When an attempt or a connect last failed, seconds since the epoch",
+                                         labels=labels)
+        failures = GaugeMetricFamily("sylkpush_consecutive_failures",
+                                     "Attempts failed since the push service last answered a push", labels=labels)
+        connect_failures = GaugeMetricFamily("sylkpush_consecutive_connect_failures",
+                                             "Connects failed since a connection was last ready", labels=labels)
         from sylkpush.health import application_status  # health imports web, as we do
         for app in self._registry():
             status = application_status(app)
@@ -55,7 +68,16 @@ class ClientStatusCollector:
             up.add_metric(values, 1.0 if status["up"] else 0.0)
             reconnects.add_metric(values, _number(status.get("reconnects")))
             refreshes.add_metric(values, _number(status.get("token_refreshes")))
-        return [queued, client_in_flight, up, reconnects, refreshes]
+            client = app.client
+            if isinstance(client, DeliveryClient):  # the record of results is the engine's
+                if client.last_success is not None:
+                    last_success.add_metric(values, client.last_success)
+                if client.last_failure is not None:
+                    last_failure.add_metric(values, client.last_failure)
+                failures.add_metric(values, client.consecutive_failures)
+                connect_failures.add_metric(values, client.connect_failures)
+        return [queued, client_in_flight, up, reconnects, refreshes, last_success, last_failure, failures,
+                connect_failures]
 
 
 def _number(value: Any) -> float:

@@ -190,4 +190,6 @@ class FlowTests(FakeFCMMixin, unittest.TestCase):
     def test_status_keys(self):
         client = self.client()
         self.assertEqual(set(client.status()),
-                         {"state", "queued", "in_flight", "retrying", "reconnects", "token_refreshes"})
+                         {"state", "queued", "in_flight", "retrying", "reconnects", "token_refreshes",
+                          "last_success", "last_failure", "last_failure_reason", "consecutive_failures",
+                          "connect_failures"})

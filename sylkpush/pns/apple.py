@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sylkpush.pns.apple_auth import TokenAuth, auth_for
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
+from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult, headers_text
 from sylkpush.pns.engine import DeliveryClient, parse_retry_after
 from sylkpush.pns.http2 import REFUSED, RESET, UNPROCESSED, H2ClientProtocol
 from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, IN_FLIGHT, PendingPush, backoff_delay
@@ -132,9 +132,6 @@ def _authority(host: str, port: int) -> str:
     name = f"[{host}]" if ":" in host else host
     return name if port == 443 else f"{name}:{port}"
 
-
-def _redact(headers: List[Tuple[str, str]]) -> Dict[str, str]:
-    return {name: ("<redacted>" if name == "authorization" else value) for name, value in headers}
 
 
 
@@ -387,8 +384,8 @@ class AppleClient(DeliveryClient):
         request_id = pending.push.request_id
         log.info("%s: sending to %s (try %d)", request_id, pending.url, pending.attempts)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: request headers %s", request_id, _redact(headers))
-            log.debug("%s: request body %s", request_id, pending.body.decode("utf-8", "replace"))
+            log.debug("%s: outgoing headers %s", request_id, headers_text(headers))
+            log.debug("%s: outgoing body %s", request_id, pending.body.decode("utf-8", "replace"))
         pending.written = True
         protocol.request(headers, pending.body, pending)
 
@@ -415,17 +412,15 @@ class AppleClient(DeliveryClient):
             return f"every stream of the {len(self.ready)} connections to {self.authority} busy"
         return self.connection_failure or f"connecting to {self.authority}"
 
-    def status(self) -> Dict[str, Any]:
-        """Connection state for /health and /metrics."""
-        if self.stopping:
-            state = "stopped" if self.stopped else "stopping"
-        elif self.ready:
+    def connection_status(self) -> Dict[str, Any]:
+        """The pool's state for /health and /metrics."""
+        if self.ready:
             state = "connected"
         elif any(slot.busy for slot in self.slots):
             state = "connecting"
         else:
             state = "disconnected" if self.started else "stopped"
-        result = dict(self.counts(), state=state, reconnects=self.reconnects, url=self.base_url,
+        result = dict(state=state, reconnects=self.reconnects, url=self.base_url,
                       auth=self.auth.mode, connections=len(self.ready), pool_size=self.pool_size)
         if state != "connected":
             result["last_error"] = self.connection_failure or "not connected yet"
@@ -438,8 +433,8 @@ class AppleClient(DeliveryClient):
         pending.slot.failures = 0  # an answer: this connection works
         request_id = pending.push.request_id
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: response %d headers %s body %s", request_id, status, headers,
-                      raw.decode("utf-8", "replace"))
+            log.debug("%s: incoming %d headers %s", request_id, status, headers_text(headers))
+            log.debug("%s: incoming body %s", request_id, raw.decode("utf-8", "replace"))
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
@@ -552,6 +547,7 @@ class AppleClient(DeliveryClient):
         self.ready.append(protocol)
         if slot.address is not None:
             self._address_failures.pop((slot.address.host, slot.address.port), None)
+        self.connect_succeeded()
         log.info("APNs connection %d of %s to %s ready (up to %d streams)", slot.index + 1,
                  self.app.app_id, _where(slot.address), protocol.available_streams())
         self.pump()
@@ -597,6 +593,7 @@ class AppleClient(DeliveryClient):
             self._check_closed()
             return
         log.warning("APNs client for %s: %s", self.app.app_id, reason)
+        self.connect_failed(reason)
         self._schedule(slot, served=False)
 
     def _schedule(self, slot: _Slot, served: bool) -> None:

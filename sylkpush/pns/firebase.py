@@ -31,7 +31,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
+from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult, headers_text
 from sylkpush.pns.engine import DeliveryClient, parse_retry_after
 from sylkpush.pns.google_oauth import AccessTokenSource, TokenError, load_service_account
 from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, PendingPush
@@ -77,8 +77,6 @@ LEGACY_ERRORS: Dict[str, Tuple[int, bool, str]] = {
     "TopicsMessageRateExceeded": (429, False, "Too many messages to subscribers of this topic."),
     "InvalidApnsCredential": (403, False, "The APNs credentials of the Firebase project are invalid."),
 }
-
-_REDACTED = "<redacted>"
 
 #: failures before the request was written: FCM never saw it
 NOT_SENT_ERRORS = (ConnectError, DNSLookupError, RequestTransmissionFailed, RequestGenerationFailed, SSL.Error)
@@ -326,14 +324,12 @@ class FirebaseClient(DeliveryClient):
     def close(self) -> Deferred:
         return self.pool.closeCachedConnections()
 
-    def status(self) -> Dict[str, Any]:
-        if self.stopping:
-            state = "stopped"
-        elif self.tokens is not None and self.tokens._token is None:
+    def connection_status(self) -> Dict[str, Any]:
+        if self.tokens is not None and self.tokens._token is None:
             state = "authenticating" if self.tokens.fetching else "no-access-token"
         else:
             state = "ready"
-        return dict(self.counts(), state=state, reconnects=self.connection_failures,
+        return dict(state=state, reconnects=self.connection_failures,
                     token_refreshes=self.tokens.refreshes if self.tokens is not None else 0)
 
     # --- one try -------------------------------------------------------------------
@@ -352,8 +348,8 @@ class FirebaseClient(DeliveryClient):
         body = json.dumps(push.payload, separators=(",", ":")).encode("utf-8")
         log.info("%s: POST %s (try %d)", push.request_id, self.url, pending.attempts)
         if log.isEnabledFor(logging.DEBUG):
-            shown = dict(headers, Authorization=_REDACTED)
-            log.debug("%s: outgoing headers %s", push.request_id, json.dumps(shown))
+            log.debug("%s: outgoing headers %s", push.request_id,
+                      headers_text(dict(headers, Authorization=header_value)))
             log.debug("%s: outgoing body %s", push.request_id, body.decode("utf-8"))
         headers["Authorization"] = header_value
         # straight to the Agent: treq's URL handling (hyperlink, IDNA) costs a
@@ -381,7 +377,7 @@ class FirebaseClient(DeliveryClient):
         if log.isEnabledFor(logging.DEBUG):
             headers = {k.decode("latin-1"): b", ".join(v).decode("latin-1")
                        for k, v in response.headers.getAllRawHeaders()}
-            log.debug("%s: incoming %d headers %s", push.request_id, response.code, json.dumps(headers))
+            log.debug("%s: incoming %d headers %s", push.request_id, response.code, headers_text(headers))
             log.debug("%s: incoming body %s", push.request_id, content.decode("utf-8", "replace")[:4096])
         if self.legacy:
             result = self._legacy_result(response, content, body, pending)
