@@ -14,8 +14,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.python import threadable
 from twisted.trial import unittest, util
 
-from sylkpush import cassandra_async
-from sylkpush.cassandra_schema import DEFAULT_TABLE, schema_statements
+from sylkpush.tokens import cassandra_async
+from sylkpush.tokens.cassandra_schema import DEFAULT_TABLE, schema_statements
 
 try:
     from cassandra.auth import PlainTextAuthProvider

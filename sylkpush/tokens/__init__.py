@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sylkpush.config import Settings
 from sylkpush.tokens.base import (Device, StorageError, StorageUnavailable, TokenStore, normalize_device_id,
                                   split_account, split_token)
+
+if TYPE_CHECKING:  # sylkpush.config imports this package's Cassandra helpers
+    from sylkpush.config import Settings
 
 log = logging.getLogger(__name__)
 
