@@ -12,12 +12,14 @@ import ipaddress
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from sylkpush.config_keys import application_warnings, general_warnings
 from sylkpush.expiry import pem_file_not_after
 from sylkpush.notification import PLATFORM_ALIASES
+from sylkpush.tokens.cassandra_cluster import DEFAULT_PORT, parse_contact_points
+from sylkpush.tokens.cassandra_schema import DEFAULT_KEYSPACE, DEFAULT_TABLE, check_identifier
 
 DEFAULT_CONFIG_DIRS = ("/etc/sylk-pushserver", "./config")
 #: every interface, as the original sylk-pushserver (see sylkpush.exposure)
@@ -67,10 +69,19 @@ def find_config_dir(explicit: Optional[str]) -> str:
 
 @dataclass(frozen=True)
 class CassandraSettings:
+    """[Cassandra]: the cluster that holds the v2 tokens (none: SQLite in spool_dir)."""
+
     contact_points: Tuple[str, ...] = ()
-    keyspace: str = ""
-    table: str = ""
+    port: int = DEFAULT_PORT
+    keyspace: str = DEFAULT_KEYSPACE
+    table: str = DEFAULT_TABLE
     debug: bool = False
+    username: str = ""
+    password: str = field(default="", repr=False)
+    #: CA bundle the nodes' certificates must lead to; set, connections use TLS
+    ca_file: str = ""
+    #: datacenter whose nodes serve the requests (default: the contact points')
+    local_dc: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,6 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
     except ValueError:
         raise ConfigFileError(f"{general}: [server] port must be an integer") from None
     file_debug = _bool(get("server", "debug", "false"), "debug")
-    contact_points = tuple(p.strip() for p in get("Cassandra", "cluster_contact_points", "").split(",") if p.strip())
     return Settings(
         config_dir=config_dir,
         host=host or get("server", "host", DEFAULT_HOST) or DEFAULT_HOST,
@@ -156,14 +166,25 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
         credentials_folder=get("applications", "credentials_folder", "credentials"),
         extra_applications_dir=get("applications", "extra_applications_dir", "applications/"),
         extra_pns_dir=get("applications", "extra_pns_dir", "pns/"),
-        cassandra=CassandraSettings(
-            contact_points=contact_points,
-            keyspace=get("Cassandra", "keyspace", ""),
-            table=get("Cassandra", "table", ""),
-            debug=_bool(get("Cassandra", "debug", "false"), "Cassandra debug"),
-        ),
+        cassandra=_cassandra_settings(get, general),
         config_warnings=tuple(general_warnings(general, parser)),
     )
+
+
+def _cassandra_settings(get: Callable[[str, str, str], str], general: str) -> CassandraSettings:
+    try:
+        contact_points, port = parse_contact_points(get("Cassandra", "cluster_contact_points", ""))
+        keyspace = check_identifier(get("Cassandra", "keyspace", "") or DEFAULT_KEYSPACE, "keyspace")
+        table = check_identifier(get("Cassandra", "table", "") or DEFAULT_TABLE, "table")
+    except ValueError as exc:
+        raise ConfigFileError(f"{general}: [Cassandra] {exc}") from None
+    username, password = get("Cassandra", "username", ""), get("Cassandra", "password", "")
+    if bool(username) != bool(password):
+        raise ConfigFileError(f"{general}: [Cassandra] username and password go together")
+    return CassandraSettings(contact_points=contact_points, port=port, keyspace=keyspace, table=table,
+                             debug=_bool(get("Cassandra", "debug", "false"), "Cassandra debug"),
+                             username=username, password=password, ca_file=get("Cassandra", "ca_file", ""),
+                             local_dc=get("Cassandra", "local_dc", ""))
 
 
 @dataclass(frozen=True)
