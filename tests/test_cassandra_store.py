@@ -24,8 +24,9 @@ from sylkpush.tokens.cassandra_cluster import NodeIdentity
 from sylkpush.tokens.cassandra_schema import DEFAULT_TABLE, DEVICES_TABLE, schema_statements
 from sylkpush.tokens.cassandra_store import CassandraTokenStore
 from tests.cassandra_node import (CA, DRIVER_MISSING, TWISTED_LOOP_DEPRECATED, NodeTestCase, close_store,
-                                  node_settings)
+                                  forget_driver_timers, node_settings)
 from tests.doubles import capture_logs
+from tests.helpers import post
 from tests.test_token_store import StoreContract, device
 
 
@@ -328,6 +329,44 @@ class UnreachableClusterTests(unittest.TestCase):
         yield store.close()
         yield self.assertFailure(opened, StorageUnavailable)
         self.assertEqual(store.status()["state"], "closed")
+
+
+    @defer.inlineCallbacks
+    def test_a_server_answers_v1_and_says_why_v2_cannot(self):
+        from tests.helpers import SYLK_APPLE, start_server, wakeup
+        self.addCleanup(forget_driver_timers)
+        server, url = start_server(self, SYLK_APPLE, f"[Cassandra]\ncluster_contact_points = 127.0.0.1:{closed_port()}\n")
+        self.assertEqual(server.tokens.backend, "cassandra")
+        code, body, _ = yield post(url + "/v2/tokens/alice@example.com", {
+            "app-id": "com.example.sylk", "platform": "apple", "token": "a1", "device-id": "d1"})
+        self.assertEqual(code, 503)
+        self.assertTrue(body["description"].startswith("token storage unavailable: no Cassandra node could be used "
+                                                       "(127.0.0.1:"), body)
+        code, body, _ = yield post(url + "/push", wakeup())
+        self.assertEqual(code, 200, body)
+        code, body, _ = yield post(url + "/health", None, method="GET")
+        storage = body["data"]["token-storage"]
+        self.assertEqual((code, storage["state"], storage["up"]), (200, "unavailable", False))
+
+
+class DriverMissingTests(unittest.TestCase):
+
+    @defer.inlineCallbacks
+    def test_the_reason_says_what_to_install_and_nothing_is_tried_again(self):
+        from sylkpush.tokens import cassandra_cluster
+
+        def missing():
+            raise cassandra_cluster.DriverMissing("the DataStax cassandra-driver is not installed (...); Debian: "
+                                                  "apt-get install python3-cassandra")
+        self.patch(cassandra_cluster, "driver", missing)
+        clock = task.Clock()
+        store = CassandraTokenStore(CassandraSettings(contact_points=("127.0.0.1",)), "", reactor, clock=clock)
+        self.addCleanup(store.close)
+        reason = str((yield self.assertFailure(store.open(), StorageUnavailable)))
+        self.assertIn("apt-get install python3-cassandra", reason)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        failure = yield self.assertFailure(store.devices("alice", "example.com"), StorageUnavailable)
+        self.assertEqual(str(failure), reason)
 
 
 class OutageTests(NodeTestCase):
