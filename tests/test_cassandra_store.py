@@ -394,6 +394,7 @@ class OutageTests(NodeTestCase):
 
     @defer.inlineCallbacks
     def test_a_stopped_node_then_back(self):
+        logs = capture_logs(self)
         yield self.proxy.cut()
         failure = yield self.assertFailure(self.store.devices("alice", self.domain), StorageUnavailable)
         self.assertIn("Cassandra", str(failure))
@@ -403,10 +404,16 @@ class OutageTests(NodeTestCase):
         self.assertIn("no Cassandra node is up", status["reason"])
         failure = yield self.assertFailure(self.store.store(device("dev-2", domain=self.domain)), StorageUnavailable)
         self.assertIn("no Cassandra node", str(failure))
+        yield self.until(lambda: logs.matching("no Cassandra node is up"), "said")
+        [line] = logs.matching("no Cassandra node is up")
+        self.assertIn(f"(127.0.0.1:{self.proxy.port} down): v2 requests are answered 503 until one is back", line)
         self.proxy.restore()
         yield self.until(lambda: self.store.status()["up"], "up again")
         found = yield self.store.devices("alice", self.domain)
         self.assertEqual([d.device_id for d in found], ["dev-1"])
+        yield self.until(lambda: logs.matching("Cassandra reachable again"), "said")
+        [line] = logs.matching("Cassandra reachable again")
+        self.assertIn(f"(127.0.0.1:{self.proxy.port} up): v2 requests are served", line)
 
     @defer.inlineCallbacks
     def test_a_node_that_stops_answering_costs_the_request_timeout_only(self):

@@ -43,7 +43,7 @@ REQUEST_TIMEOUT = 5.0
 #: seconds to open a connection to one node
 CONNECT_TIMEOUT = 5.0
 #: the longest wait between two attempts to reach a node that is down
-RECONNECT_MAX = 10.0
+RECONNECT_MAX = 5.0
 
 
 class DriverMissing(Exception):

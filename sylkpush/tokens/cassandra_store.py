@@ -148,6 +148,7 @@ class CassandraTokenStore(TokenStore):
         self._in_flight: Set[Deferred] = set()
         self._closing: Optional[Deferred] = None
         self._shutting_down: List[Deferred] = []
+        self._nodes_up = False
 
     # -- the interface
 
@@ -189,8 +190,7 @@ class CassandraTokenStore(TokenStore):
                                                         for host in self.settings.contact_points],
             "table": self.table, "tls": bool(self.ca_file), "state": self.state, "up": False}
         if self.state == "open":
-            nodes = {str(host.endpoint): ("up" if host.is_up else "down" if host.is_up is False else "not used")
-                     for host in self._cluster.metadata.all_hosts()}
+            nodes = self._nodes()
             status["nodes"] = nodes
             if "up" in nodes.values():
                 status["up"] = True
@@ -293,12 +293,34 @@ class CassandraTokenStore(TokenStore):
         self._prepared = dict(zip(names, prepared))
         if self._closing is not None:
             return
+        self._cluster.register_listener(_NodeWatch(lambda: self.reactor.callFromThread(self._nodes_changed)))
         recovered = self.state == "unavailable"
-        self.state, self.problem, self._delay = "open", "", self.retry_min
+        self.state, self.problem, self._delay, self._nodes_up = "open", "", self.retry_min, True
         log.info("token storage: Cassandra %s %s at %s%s", self.table, "reachable again" if recovered else "ready",
                  ", ".join(f"{host}:{self.settings.port}" for host in self.settings.contact_points),
                  " over TLS" if self.ca_file else "")
         self._wake(None)
+
+    def _nodes(self) -> Dict[str, str]:
+        """Each node the driver knows: up, down, or not used (another datacenter)."""
+        return {str(host.endpoint): ("up" if host.is_up else "down" if host.is_up is False else "not used")
+                for host in self._cluster.metadata.all_hosts()}
+
+    def _nodes_changed(self) -> None:
+        """Say when the last node went down, and when one is back (the driver reconnects)."""
+        if self.state != "open" or self._cluster is None:
+            return
+        nodes = self._nodes()
+        up = "up" in nodes.values()
+        if up == self._nodes_up:
+            return
+        self._nodes_up = up
+        listed = ", ".join(f"{node} {state}" for node, state in sorted(nodes.items()))
+        if up:
+            log.info("token storage: Cassandra reachable again (%s): v2 requests are served", listed)
+        else:
+            log.error("token storage: no Cassandra node is up (%s): v2 requests are answered 503 until one is "
+                      "back", listed)
 
     def _attempt_done(self) -> Deferred:
         """Fires once the attempt to connect under way (if any) has ended."""
@@ -399,6 +421,18 @@ def _driver_errors() -> Tuple[type, Tuple[type, ...], Tuple[type, ...]]:
     from cassandra.connection import ConnectionBusy, ConnectionException
     return (OperationTimedOut, (NoHostAvailable, RequestExecutionException, ConnectionException, ConnectionBusy),
             (DriverException,))
+
+
+class _NodeWatch:
+    """A driver host-state listener: ``changed`` is called (in a driver thread) at every change."""
+
+    def __init__(self, changed: Callable[[], None]) -> None:
+        self.changed = changed
+
+    def on_up(self, host: Any) -> None:
+        self.changed()
+
+    on_down = on_add = on_remove = on_up
 
 
 class _SchemaMissing(Exception):
