@@ -55,11 +55,13 @@ def forget_driver_timers() -> None:
     trial counts it as a dirty reactor.  Cancelling it and servicing the
     timers at once drops finished ones and reschedules any that are live.
     """
-    loop = getattr(TwistedConnection, "_loop", None)
-    task = getattr(loop, "_timeout_task", None)
-    if task is not None and task.active():
-        task.cancel()
-        loop._on_loop_timer()
+    from sylkpush.tokens.cassandra_cluster import driver
+    for connection_class in {TwistedConnection, driver()[3]}:  # the driver's and the store's
+        loop = getattr(connection_class, "_loop", None)
+        task = getattr(loop, "_timeout_task", None)
+        if task is not None and task.active():
+            task.cancel()
+            loop._on_loop_timer()
 
 
 def node_settings(keyspace: str = SHARED_KEYSPACE, **changes: Any) -> CassandraSettings:

@@ -112,9 +112,16 @@ def _connection_class(twistedreactor: Any) -> type:
     the driver does (3.25 to 3.30 alike), with a plain connection creator
     (the context's verify callback checks the node), and fails the
     connection as soon as the attempt fails.
+
+    The driver also hands every request's bytes and timer to the reactor
+    with ``callFromThread``, a wake-up of the reactor each, even when it is
+    called in the reactor thread, as the daemon always calls it: there they
+    are done at once.
     """
+    from cassandra.connection import Timer
     from OpenSSL import SSL
     from twisted.internet import reactor
+    from twisted.python import threadable
     from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
     from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
     from zope.interface import implementer
@@ -145,6 +152,22 @@ def _connection_class(twistedreactor: Any) -> type:
                 self.is_defunct = True
             self.last_error = failure.value
             self.connected_event.set()
+
+        def push(self, data: bytes) -> None:
+            if threadable.isInIOThread():
+                self.transport.write(data)
+            else:
+                reactor.callFromThread(self.transport.write, data)
+
+        @classmethod
+        def create_timer(cls, timeout: float, callback: Any) -> Any:
+            timer = Timer(timeout, callback)
+            cls._loop._timers.add_timer(timer)
+            if threadable.isInIOThread():
+                cls._loop._schedule_timeout(timer.end)
+            else:
+                reactor.callFromThread(cls._loop._schedule_timeout, timer.end)
+            return timer
 
     return TwistedConnection
 

@@ -54,8 +54,10 @@ def statements(table: str) -> Dict[str, str]:
     """The CQL of every request, for ``table`` (``keyspace.table``) and its keyspace's mobile_devices."""
     devices = table.rsplit(".", 1)[0] + "." + DEVICES_TABLE
     return {
-        "insert": f"INSERT INTO {table} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        "mark": f"INSERT INTO {devices} (opensipskey, opensipsval) VALUES (?, '1')",
+        # one request for the two rows; unlogged: they are in different partitions, and a
+        # registration that fails half way is answered with an error and sent again
+        "register": (f"BEGIN UNLOGGED BATCH INSERT INTO {table} ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?); "
+                     f"INSERT INTO {devices} (opensipskey, opensipsval) VALUES (?, '1'); APPLY BATCH"),
         "account": f"SELECT {COLUMNS} FROM {table} WHERE username = ? AND domain = ?",
         "device": f"SELECT {COLUMNS} FROM {table} WHERE username = ? AND domain = ? AND device_id = ?",
         "row": f"SELECT device_token, background_token, writetime(device_token) FROM {table} WHERE {KEY}",
@@ -165,8 +167,7 @@ class CassandraTokenStore(TokenStore):
 
     def store(self, device: Device) -> "Deferred[None]":
         async def work() -> None:
-            await gatherResults([self._execute("insert", _row(device)), self._execute("mark", (device.account,))],
-                                consumeErrors=True).addErrback(_first_error)
+            await self._execute("register", _row(device) + (device.account,))
         return self._run(work)
 
     def remove(self, username: str, domain: str, app_id: str, device_id: str) -> "Deferred[bool]":
