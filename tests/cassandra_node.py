@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
 from twisted.python import threadable
 from twisted.trial import unittest, util
 
@@ -124,6 +125,15 @@ class NodeTestCase(unittest.TestCase):
             yield self.execute(statement)
         self.addCleanup(self.execute, f"DROP KEYSPACE IF EXISTS {self.keyspace}")
         return self.session
+
+    @inlineCallbacks
+    def until(self, predicate: Any, what: str, limit: float = 60.0) -> Any:
+        """Wait (polling every 50 ms) until ``predicate()`` is true; fail after ``limit`` seconds."""
+        for _ in range(int(limit / 0.05)):
+            if predicate():
+                return
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"not {what} after {limit} s")
 
     @inlineCallbacks
     def connect_shared(self) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
 from sylkpush.testing.fake_apns import FakeAPNs
 from sylkpush.testing.tcp_proxy import TCPProxy
@@ -42,14 +42,6 @@ class DaemonCase(NodeTestCase):
                                      for app in server.registry), "connected to the fake APNs")
         yield self.until(lambda: server.tokens.status()["state"] != "connecting", "connected to Cassandra")
         return server, url
-
-    @defer.inlineCallbacks
-    def until(self, predicate, what, limit=60.0):
-        for _ in range(int(limit / 0.05)):
-            if predicate():
-                return
-            yield task.deferLater(reactor, 0.05, lambda: None)
-        self.fail(f"not {what} after {limit} s")
 
     def register(self, url, device_id, token):
         return post(f"{url}/v2/tokens/{self.account}", {"app-id": APP, "platform": "apple", "token": token,

@@ -114,6 +114,13 @@ class OriginalTablesTests(NodeTestCase):
                           ("c", "apple", False, None, None)])
 
     @defer.inlineCallbacks
+    def test_a_row_without_a_token_can_be_removed(self):
+        yield self.execute(f"INSERT INTO {self.keyspace}.{DEFAULT_TABLE} (username, domain, device_id, app_id, "
+                           "platform) VALUES (%s, %s, %s, %s, %s)", ("carol", self.domain, "d1", "app", "apple"))
+        self.assertTrue((yield self.store.remove("carol", self.domain, "app", "d1")))
+        self.assertEqual((yield self.rows("carol")), [])
+
+    @defer.inlineCallbacks
     def test_a_removal_never_undoes_a_later_registration(self):
         old = self.device("d1", token="old")
         yield self.store.store(old)
@@ -383,14 +390,6 @@ class OutageTests(NodeTestCase):
         self.store = make_store(self, node_settings(port=self.proxy.port), request_timeout=1.0)
         yield self.store.open()
         yield self.store.store(device(domain=self.domain))
-
-    @defer.inlineCallbacks
-    def until(self, predicate, what, limit=60.0):
-        for _ in range(int(limit / 0.1)):
-            if predicate():
-                return
-            yield task.deferLater(reactor, 0.1, lambda: None)
-        self.fail(f"not {what} after {limit} s")
 
     @defer.inlineCallbacks
     def test_a_stopped_node_then_back(self):

@@ -120,8 +120,9 @@ def _connection_class(twistedreactor: Any) -> type:
     """
     from cassandra.connection import Timer
     from OpenSSL import SSL
-    from twisted.internet import reactor
+    from twisted.internet import reactor as global_reactor
     from twisted.python import threadable
+    reactor: Any = global_reactor  # the one the driver's Twisted loop uses
     from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
     from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
     from zope.interface import implementer

@@ -22,7 +22,8 @@ answers 503; connecting is tried again in the background.
 from __future__ import annotations
 
 import logging
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+import time
+from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, gatherResults
 from twisted.internet.threads import deferToThreadPool
@@ -211,13 +212,13 @@ class CassandraTokenStore(TokenStore):
 
     # -- requests
 
-    def _run(self, work: Callable[[], Awaitable[T]]) -> "Deferred[T]":
+    def _run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> "Deferred[T]":
         """Run ``work`` now when the cluster is usable, after the first attempt
         to connect while it is under way, or fail saying why not."""
         if self._closing is not None:
             return fail(StorageUnavailable("the token store is closed"))
         if self.state == "open":
-            done = ensureDeferred(work())
+            done: Deferred = ensureDeferred(work())
         elif self._waiting:
             waited: Deferred = Deferred()
             self._waiting.append(waited)
@@ -259,7 +260,10 @@ class CassandraTokenStore(TokenStore):
                                         consumeErrors=True).addErrback(_first_error)
         if not row or (tokens is not None and (row[0].device_token, row[0].background_token) != tokens):
             return False
-        await self._execute("delete", (row[0][2],) + key)
+        written = row[0][2]
+        if written is None:  # a row without device_token, not written by a server: delete it as of now
+            written = int(time.time() * 1e6)
+        await self._execute("delete", (written,) + key)
         left = await self._execute("any", key[:2])
         if not left and mark and mark[0][0] is not None:
             await self._execute("unmark", (mark[0][0], account))
@@ -295,10 +299,8 @@ class CassandraTokenStore(TokenStore):
         if self._closing is not None:
             return
         self._cluster.register_listener(_NodeWatch(lambda: self.reactor.callFromThread(self._nodes_changed)))
-        recovered = self.state == "unavailable"
         self.state, self.problem, self._delay, self._nodes_up = "open", "", self.retry_min, True
-        log.info("token storage: Cassandra %s %s at %s%s", self.table, "reachable again" if recovered else "ready",
-                 ", ".join(f"{host}:{self.settings.port}" for host in self.settings.contact_points),
+        log.info("token storage: Cassandra %s ready at %s%s", self.table, ", ".join(f"{host}:{self.settings.port}" for host in self.settings.contact_points),
                  " over TLS" if self.ca_file else "")
         self._wake(None)
 
@@ -353,9 +355,7 @@ class CassandraTokenStore(TokenStore):
 
     def _attempt_failed(self, failure: Failure) -> None:
         error = failure.value
-        if isinstance(error, _SchemaMissing):
-            problem = str(error)
-        elif isinstance(error, OSError):
+        if isinstance(error, (_SchemaMissing, OSError)):  # OSError: the CA file
             problem = str(error)
         elif isinstance(error, Exception) and type(error).__module__.startswith("cassandra"):
             problem = describe(error)
@@ -440,7 +440,7 @@ class _SchemaMissing(Exception):
     """The keyspace or a table is not there; the message has the CQL that makes it."""
 
 
-def _first_error(failure: Failure) -> None:
+def _first_error(failure: Failure) -> NoReturn:
     """gatherResults' FirstError as the error it wraps."""
     from twisted.internet.defer import FirstError
     if failure.check(FirstError):
