@@ -111,7 +111,8 @@ def _connection_class(twistedreactor: Any) -> type:
     once the context has made a connection.  This one opens connections as
     the driver does (3.25 to 3.30 alike), with a plain connection creator
     (the context's verify callback checks the node), and fails the
-    connection as soon as the attempt fails.
+    connection as soon as the attempt fails (with no "Starting factory" log
+    lines for each connection either).
 
     The driver also hands every request's bytes and timer to the reactor
     with ``callFromThread``, a wake-up of the reactor each, even when it is
@@ -123,8 +124,9 @@ def _connection_class(twistedreactor: Any) -> type:
     from twisted.internet import reactor as global_reactor
     from twisted.python import threadable
     reactor: Any = global_reactor  # the one the driver's Twisted loop uses
-    from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
+    from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
     from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+    from twisted.internet.protocol import Factory
     from zope.interface import implementer
 
     @implementer(IOpenSSLClientConnectionCreator)
@@ -137,6 +139,17 @@ def _connection_class(twistedreactor: Any) -> type:
             connection.set_app_data(tls_protocol)  # what NodeIdentity.verify finds the address with
             return connection
 
+    class OneConnection(Factory):
+        """connectProtocol's factory without its two log lines per connection."""
+
+        noisy = False
+
+        def __init__(self, protocol: Any) -> None:
+            self.protocol_instance = protocol
+
+        def buildProtocol(self, address: Any) -> Any:  # noqa: N802
+            return self.protocol_instance
+
     class TwistedConnection(twistedreactor.TwistedConnection):
         def add_connection(self) -> None:
             host, port = self.endpoint.resolve()
@@ -145,7 +158,7 @@ def _connection_class(twistedreactor: Any) -> type:
                                                    timeout=self.connect_timeout)
             else:
                 endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=self.connect_timeout)
-            connectProtocol(endpoint, twistedreactor.TwistedConnectionProtocol(self)).addErrback(self._not_made)
+            endpoint.connect(OneConnection(twistedreactor.TwistedConnectionProtocol(self))).addErrback(self._not_made)
 
         def _not_made(self, failure: Any) -> None:
             # what Connection.defunct does, which ignores a connection that never opened
