@@ -122,12 +122,12 @@ def _connection_class(twistedreactor: Any) -> type:
     from cassandra.connection import Timer
     from OpenSSL import SSL
     from twisted.internet import reactor as global_reactor
-    from twisted.python import threadable
-    reactor: Any = global_reactor  # the one the driver's Twisted loop uses
     from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint
     from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
     from twisted.internet.protocol import Factory
+    from twisted.python import threadable
     from zope.interface import implementer
+    reactor: Any = global_reactor  # the one the driver's Twisted loop uses
 
     @implementer(IOpenSSLClientConnectionCreator)
     class ConnectionCreator:
