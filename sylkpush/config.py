@@ -3,6 +3,9 @@
 Everything is loaded into immutable objects.  A broken application section
 never stops the others: :func:`load_applications` returns the good ones and a
 list of ``(section, reason)`` problems for the caller to log.
+
+Error messages name the file, line, section and key, never the value: a
+credential pasted into the wrong place must not end up in a log.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import configparser
 import ipaddress
 import logging
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 from sylkpush.config_keys import application_warnings, general_warnings
@@ -28,31 +32,150 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 log = logging.getLogger(__name__)
 
 
+#: open API connections at most (idle ones are closed first when reached)
+DEFAULT_MAX_CONNECTIONS = 4096
+#: seconds a caller gets to send a whole request, headers and body
+DEFAULT_REQUEST_TIMEOUT = 10.0
+
+#: a value with one of these is not one line of text (configparser joins
+#: continuation lines with a newline)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
 class ConfigFileError(Exception):
     """general.ini or applications.ini cannot be used at all."""
 
 
-def _bool(value: str, name: str) -> bool:
+class SettingError(ConfigFileError):
+    """One value breaks ``rule``; the message names the key, never the value."""
+
+    def __init__(self, rule: str, key: str = "") -> None:
+        super().__init__(f"{key} {rule}" if key else rule)
+        self.rule = rule
+        self.key = key
+
+
+def _bool(value: str, key: str = "") -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "yes", "true", "on"):
         return True
     if lowered in ("0", "no", "false", "off", ""):
         return False
-    raise ConfigFileError(f"{name}: {value!r} is not a boolean")
+    raise SettingError("must be true or false", key)
+
+
+def _integer(value: str, minimum: int, maximum: Optional[int] = None) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingError("must be an integer") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        raise SettingError(f"must be an integer from {minimum} to {maximum}" if maximum is not None
+                           else f"must be an integer of at least {minimum}")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingError("must be a number of seconds") from None
+    if not 0 < number < float("inf"):
+        raise SettingError("must be a positive number of seconds")
+    return number
 
 
 def parse_networks(value: str) -> Tuple[IPNetwork, ...]:
-    """``allowed_hosts``: comma separated IPs and CIDR networks."""
+    """``allowed_hosts``: comma separated IPs and CIDR networks.
+
+    The entries are named in errors: addresses, not secrets.  A network with
+    host bits set (``10.1.2.3/8``) is refused rather than silently widened,
+    and a value that lists nothing (``,``) is refused rather than read as
+    "allow everyone".
+    """
     networks = []
     for item in value.split(","):
         item = item.strip()
         if not item:
             continue
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
-            raise ConfigFileError(f"allowed_hosts: {item!r} is not an IP address or network") from None
+            raise SettingError(f"entry {item!r} is not an IP address or network") from None
+        if network.network_address != ipaddress.ip_address(item.split("/")[0]):
+            raise SettingError(f"entry {item!r} has host bits set: write {network} for the whole network "
+                               f"or {item.split('/')[0]} for the one address")
+        networks.append(network)
+    if value.strip() and not networks:
+        raise SettingError("lists no address (leave it empty to allow every caller)")
     return tuple(networks)
+
+
+def valid_host(host: str) -> bool:
+    """True for an IP address or a host name made of valid ASCII labels."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
+def read_ini(path: str) -> Tuple[configparser.ConfigParser, Dict[Tuple[str, str], int]]:
+    """Parse the ini file ``path``; also the line of each ``(section, key)``.
+
+    Errors say which line is wrong and why, never what it holds.
+    """
+    try:
+        with open(path, "rb") as stream:
+            data = stream.read()
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigFileError(f"cannot read {path}: line {line} is not UTF-8 text") from None
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise ConfigFileError(f"cannot read {path}: {_parse_error(exc)}") from None
+    return parser, _key_lines(parser, text)
+
+
+def _parse_error(exc: configparser.Error) -> str:
+    """What configparser found wrong, without the offending text it quotes."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno}: a setting before the first [section] header"
+    if isinstance(exc, configparser.ParsingError):
+        numbers = ", ".join(str(number) for number, _ in exc.errors)
+        return f"line {numbers}: not a [section] header, a 'key = value' line or a comment"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"line {exc.lineno}: section [{exc.section}] appears twice"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"line {exc.lineno}: {exc.option} appears twice in section [{exc.section}]"
+    return f"the file does not parse ({type(exc).__name__})"
+
+
+def _key_lines(parser: configparser.ConfigParser, text: str) -> Dict[Tuple[str, str], int]:
+    lines: Dict[Tuple[str, str], int] = {}
+    section = ""
+    # configparser counts lines split at "\n" only
+    for number, line in enumerate(text.split("\n"), 1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;" or line[0].isspace():
+            continue
+        header = parser.SECTCRE.match(stripped)
+        if header:
+            section = header.group("header")
+            continue
+        option = parser.OPTCRE.match(stripped)
+        if option:
+            lines.setdefault((section, parser.optionxform(option.group("option").rstrip())), number)
+    return lines
 
 
 def find_config_dir(explicit: Optional[str]) -> str:
@@ -105,6 +228,8 @@ class Settings:
     credentials_folder: str = "credentials"
     extra_applications_dir: str = "applications/"
     extra_pns_dir: str = "pns/"
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     cassandra: CassandraSettings = field(default_factory=CassandraSettings)
     #: keys and sections of general.ini not understood, to log at start
     config_warnings: Tuple[str, ...] = ()
@@ -132,59 +257,79 @@ class Settings:
 def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[int] = None,
                   debug: Optional[bool] = None) -> Settings:
     """Read ``config_dir``/general.ini; command line values override the file."""
-    parser = configparser.ConfigParser(interpolation=None)
     general = os.path.join(config_dir, "general.ini")
-    if os.path.exists(general):
-        try:
-            with open(general, encoding="utf-8") as stream:
-                parser.read_file(stream)
-        except (OSError, UnicodeDecodeError, configparser.Error) as exc:
-            raise ConfigFileError(f"cannot read {general}: {exc}") from None
+    parser, lines = read_ini(general) if os.path.exists(general) else (configparser.ConfigParser(), {})
 
     def get(section: str, key: str, default: str) -> str:
         return parser.get(section, key, fallback=default).strip()
 
-    try:
-        file_port = int(get("server", "port", "8400"))
-    except ValueError:
-        raise ConfigFileError(f"{general}: [server] port must be an integer") from None
-    file_debug = _bool(get("server", "debug", "false"), "debug")
+    def setting(section: str, key: str, default: str, convert: Callable[[str], Any]) -> Any:
+        """``convert`` of the value; its error names the file, line, section and key."""
+        try:
+            return convert(get(section, key, default))
+        except SettingError as exc:
+            line = lines.get((section, key))
+            where = f"{general} line {line}" if line else general
+            raise ConfigFileError(f"{where}: [{section}] {key} {exc.rule}") from None
+
+    file_debug = setting("server", "debug", "false", _bool)
     return Settings(
         config_dir=config_dir,
         host=host or get("server", "host", DEFAULT_HOST) or DEFAULT_HOST,
-        port=port if port is not None else file_port,
+        port=port if port is not None else setting("server", "port", "8400", lambda v: _integer(v, 0, 65535)),
         tls_certificate=get("server", "tls_certificate", ""),
-        return_async=_bool(get("server", "return_async", "true"), "return_async"),
-        allowed_hosts=parse_networks(get("server", "allowed_hosts", "")),
-        log_to_file=_bool(get("server", "log_to_file", "false"), "log_to_file"),
+        return_async=setting("server", "return_async", "true", _bool),
+        allowed_hosts=setting("server", "allowed_hosts", "", parse_networks),
+        log_to_file=setting("server", "log_to_file", "false", _bool),
         log_file=get("server", "log_file", "/var/log/sylk-pushserver/push.log"),
         spool_dir=get("server", "spool_dir", "/var/spool/sylk-pushserver"),
         debug=file_debug if debug is None else debug,
-        debug_hpack=_bool(get("server", "debug_hpack", "false"), "debug_hpack"),
+        debug_hpack=setting("server", "debug_hpack", "false", _bool),
+        max_connections=setting("server", "max_connections", str(DEFAULT_MAX_CONNECTIONS),
+                                lambda v: _integer(v, 1)),
+        request_timeout=setting("server", "request_timeout", str(DEFAULT_REQUEST_TIMEOUT), _seconds),
         keys_file=get("api", "keys_file", ""),
         applications_file=get("applications", "config_file", "applications.ini"),
         credentials_folder=get("applications", "credentials_folder", "credentials"),
         extra_applications_dir=get("applications", "extra_applications_dir", "applications/"),
         extra_pns_dir=get("applications", "extra_pns_dir", "pns/"),
-        cassandra=_cassandra_settings(get, general),
+        cassandra=_cassandra_settings(setting, get, general),
         config_warnings=tuple(general_warnings(general, parser)),
     )
 
 
-def _cassandra_settings(get: Callable[[str, str, str], str], general: str) -> CassandraSettings:
-    try:
-        contact_points, port = parse_contact_points(get("Cassandra", "cluster_contact_points", ""))
-        keyspace = check_identifier(get("Cassandra", "keyspace", "") or DEFAULT_KEYSPACE, "keyspace")
-        table = check_identifier(get("Cassandra", "table", "") or DEFAULT_TABLE, "table")
-    except ValueError as exc:
-        raise ConfigFileError(f"{general}: [Cassandra] {exc}") from None
+def _cassandra_settings(setting: Callable[..., Any], get: Callable[[str, str, str], str],
+                        general: str) -> CassandraSettings:
+    contact_points, port = setting("Cassandra", "cluster_contact_points", "", _contact_points)
     username, password = get("Cassandra", "username", ""), get("Cassandra", "password", "")
     if bool(username) != bool(password):
         raise ConfigFileError(f"{general}: [Cassandra] username and password go together")
-    return CassandraSettings(contact_points=contact_points, port=port, keyspace=keyspace, table=table,
-                             debug=_bool(get("Cassandra", "debug", "false"), "Cassandra debug"),
-                             username=username, password=password, ca_file=get("Cassandra", "ca_file", ""),
-                             local_dc=get("Cassandra", "local_dc", ""))
+    return CassandraSettings(
+        contact_points=contact_points, port=port,
+        keyspace=setting("Cassandra", "keyspace", "", lambda value: _identifier(value or DEFAULT_KEYSPACE)),
+        table=setting("Cassandra", "table", "", lambda value: _identifier(value or DEFAULT_TABLE)),
+        debug=setting("Cassandra", "debug", "false", _bool),
+        username=username, password=password, ca_file=get("Cassandra", "ca_file", ""),
+        local_dc=get("Cassandra", "local_dc", ""))
+
+
+def _contact_points(value: str) -> Tuple[Tuple[str, ...], int]:
+    # the entries are addresses, not secrets: errors may name them
+    try:
+        hosts, port = parse_contact_points(value)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
+    for host in hosts:
+        if not valid_host(host):
+            raise SettingError(f"entry {host!r} is not a host name or IP address")
+    return hosts, port
+
+
+def _identifier(value: str) -> str:
+    try:
+        return check_identifier(value, "")
+    except ValueError:
+        raise SettingError("must be a letter followed by letters, digits or '_'") from None
 
 
 @dataclass(frozen=True)
@@ -237,22 +382,51 @@ class AppConfig:
 
 def _split_host_port(value: str) -> Tuple[str, int]:
     """``apple_push_url``: ``host``, ``host:port`` or ``[v6]:port`` (an URL is tolerated)."""
-    value = value.strip()
-    parts = urlsplit(value if "://" in value else "//" + value)
+    try:
+        parts = urlsplit(value if "://" in value else "//" + value)
+    except ValueError:  # e.g. an unclosed [
+        raise SettingError("must be host or host:port, with a valid host name", "apple_push_url") from None
     try:
         host, port = parts.hostname, parts.port or 443
     except ValueError:
-        host, port = None, 0
-    if not host or parts.path.strip("/"):
-        raise ConfigFileError(f"apple_push_url {value!r} is not host or host:port")
+        raise SettingError("has an invalid port", "apple_push_url") from None
+    if not host or parts.path.strip("/") or not valid_host(host):
+        raise SettingError("must be host or host:port, with a valid host name", "apple_push_url")
     return host, port
 
 
+def _http_url(value: str, key: str) -> str:
+    """An http(s) URL with a valid host name and port, in ASCII."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # e.g. an unclosed [
+        raise SettingError("must be an http(s) URL with a valid host name, in ASCII", key) from None
+    try:
+        parts.port
+    except ValueError:
+        raise SettingError("has an invalid port", key) from None
+    if not value.isascii() or " " in value or parts.scheme not in ("https", "http") \
+            or not parts.hostname or not valid_host(parts.hostname):
+        raise SettingError("must be an http(s) URL with a valid host name, in ASCII", key)
+    return value
+
+
+#: keys whose value is one line of text (custom keys are passed on as they are)
+_KNOWN_KEYS = ("app_id", "app_type", "app_platform", "apple_certificate", "apple_key", "key_id", "team_id",
+               "apple_push_url", "voip", "firebase_push_url", "firebase_authorization_file",
+               "firebase_authorization_key", "tls_ca_file", "log_remote_urls", "log_remote_timeout",
+               "log_remote_key")
+
+
 def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) -> AppConfig:
+    for key in _KNOWN_KEYS:
+        if _CONTROL.search(values.get(key, "").strip()):
+            raise SettingError("must be one line without control characters", key)
+
     def need(key: str) -> str:
         value = values.get(key, "").strip()
         if not value:
-            raise ConfigFileError(f"{key} is missing")
+            raise SettingError("is missing", key)
         return value
 
     def credential(key: str) -> str:
@@ -261,9 +435,9 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
             return ""
         path = settings.credential(name)
         if not os.path.isfile(path):
-            raise ConfigFileError(f"{key} file {path} does not exist")
+            raise SettingError(f"file {path} does not exist", key)
         if not os.access(path, os.R_OK):
-            raise ConfigFileError(f"{key} file {path} is not readable")
+            raise SettingError(f"file {path} is not readable", key)
         return path
 
     app_id = need("app_id")
@@ -272,14 +446,16 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
     platform = PLATFORM_ALIASES.get(platform_name, platform_name)
     host, port = ("api.push.apple.com", 443)
     if values.get("apple_push_url", "").strip():
-        host, port = _split_host_port(values["apple_push_url"])
+        host, port = _split_host_port(values["apple_push_url"].strip())
     firebase_url = values.get("firebase_push_url", "").strip()
-    if firebase_url and urlsplit(firebase_url).scheme not in ("https", "http"):
-        raise ConfigFileError(f"firebase_push_url {firebase_url!r} is not an http(s) URL")
+    if firebase_url:
+        _http_url(firebase_url, "firebase_push_url")
+    remote_urls = tuple(_http_url(u.strip(), "log_remote_urls")
+                        for u in values.get("log_remote_urls", "").split(",") if u.strip())
     try:
-        remote_timeout = float(values.get("log_remote_timeout", "") or 2)
-    except ValueError:
-        raise ConfigFileError("log_remote_timeout must be a number of seconds") from None
+        remote_timeout = _seconds(values.get("log_remote_timeout", "").strip() or "2")
+    except SettingError as exc:
+        raise SettingError(exc.rule, "log_remote_timeout") from None
     apple_certificate = credential("apple_certificate")
     return AppConfig(
         section=section, app_id=app_id, app_type=app_type, platform=platform,
@@ -294,7 +470,7 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         firebase_authorization_file=credential("firebase_authorization_file"),
         firebase_authorization_key=values.get("firebase_authorization_key", "").strip(),
         tls_ca_file=credential("tls_ca_file"),
-        log_remote_urls=tuple(u.strip() for u in values.get("log_remote_urls", "").split(",") if u.strip()),
+        log_remote_urls=remote_urls,
         log_remote_timeout=remote_timeout,
         log_remote_key=values.get("log_remote_key", "").strip(),
         options=tuple(sorted(values.items())),
@@ -309,12 +485,7 @@ def load_applications(settings: Settings) -> Tuple[List[AppConfig], List[Tuple[s
     read or parsed (a reload then keeps the previous applications).
     """
     path = settings.path(settings.applications_file)
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        with open(path, encoding="utf-8") as stream:
-            parser.read_file(stream)
-    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
-        raise ConfigFileError(f"cannot read {path}: {exc}") from None
+    parser, lines = read_ini(path)
     apps: List[AppConfig] = []
     problems: List[Tuple[str, str]] = []
     seen: Dict[Tuple[str, str], str] = {}
@@ -323,8 +494,9 @@ def load_applications(settings: Settings) -> Tuple[List[AppConfig], List[Tuple[s
             log.warning("%s", warning)
         try:
             app = _app_from_section(settings, section, dict(parser.items(section)))
-        except ConfigFileError as exc:
-            problems.append((section, str(exc)))
+        except SettingError as exc:
+            line = lines.get((section, exc.key))
+            problems.append((section, f"line {line}: {exc}" if line else str(exc)))
             continue
         if app.key in seen:
             problems.append((section, f"{app.platform} {app.app_id} is already configured in section {seen[app.key]}"))

@@ -19,7 +19,7 @@ from sylkpush.notification import PLATFORM_ALIASES
 #: general.ini: section -> keys
 GENERAL_KEYS: Dict[str, FrozenSet[str]] = {
     "server": frozenset({"host", "port", "tls_certificate", "return_async", "allowed_hosts", "log_to_file",
-                         "log_file", "spool_dir", "debug", "debug_hpack"}),
+                         "log_file", "spool_dir", "debug", "debug_hpack", "max_connections", "request_timeout"}),
     "applications": frozenset({"config_file", "credentials_folder", "extra_applications_dir", "extra_pns_dir"}),
     "api": frozenset({"keys_file"}),
     "Cassandra": frozenset({"cluster_contact_points", "keyspace", "table", "debug", "username", "password",

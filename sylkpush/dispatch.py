@@ -18,7 +18,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from sylkpush.notification import Notification, ValidationError, parse_app_id, parse_notification, parse_platform
+from sylkpush.notification import (Notification, ValidationError, check_strings, parse_app_id, parse_notification,
+                                   parse_platform)
 from sylkpush.pns.base import OutgoingPush, PushResult
 from sylkpush.registry import Application, AppRegistry
 
@@ -35,11 +36,14 @@ DEADLINE_GRACE = 1.0
 class ApiError(Exception):
     """A request that is answered with ``code`` without being pushed."""
 
-    def __init__(self, code: int, description: str, data: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(self, code: int, description: str, data: Optional[Dict[str, Any]] = None,
+                 call_id: Optional[str] = None) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
         self.data = data or {}
+        #: the call-id of a body that could not be read, for the refusal's log line
+        self.call_id = call_id
 
 
 @dataclass
@@ -144,6 +148,7 @@ class Dispatcher:
             raise ApiError(400, "request body must be a JSON object")
         registry = self._registry()
         try:
+            check_strings(body)
             platform = parse_platform(body, registry.platforms)
             app_id = parse_app_id(body)
         except ValidationError as exc:

@@ -6,7 +6,9 @@ buffer is full, records are dropped and counted rather than waited for.
 The reactor thread only appends records; the writer collects them in
 batches (every 50 ms), so the two threads do not hand the GIL back and
 forth for every line.
-A filter redacts credentials from every record as a last line of defence.
+A filter makes every record safe to write, as a last line of defence: long
+values capped, credentials redacted, control characters escaped (a caller
+cannot forge a log line), hpack's encoded header blocks dropped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Deque, List, Optional
+from typing import Any, Deque, List, Mapping, Optional
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -28,41 +30,143 @@ BUFFER_LIMIT = 10_000
 #: how often the writer thread writes what was logged meanwhile, seconds
 WRITE_INTERVAL = 0.05
 
+#: the longest argument of a log call written in full, characters; a longer one is
+#: cut and marked ``…(N bytes)``.  Above any payload APNs or FCM accept, so debug
+#: lines of real pushes are whole; a longer value is an attack or a bug.
+VALUE_LIMIT = 8192
+#: the longest message (arguments merged in) or traceback written in full
+MESSAGE_LIMIT = 65536
+
+# Every pattern below runs in time linear in the text it scans: quantifiers
+# are bounded or possessive, and a pattern that could start at every
+# character of a long run (a JWT) may only start where a token starts.
 _SECRET_PATTERNS = [
-    # private keys first: the key-name rule below would otherwise cut a PEM block in two
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-     "<redacted private key>"),
-    # a PEM block cut short (a truncated line) still loses its body
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:\\n|[A-Za-z0-9+/=\s])*"), "<redacted private key>"),
+    # (what the lower-cased text holds when the pattern can match, pattern, replacement)
     # the value of any authorization header, in "name: value", "name=value",
     # dict reprs and HTTP/2 header tuples ("(b'authorization', b'bearer ...')")
-    (re.compile(r"(?i)(\bauthorization['\"]?\s*[:=,]\s*(?:b?['\"])?)[^'\"\r\n]+"), r"\1<redacted>"),
+    (("authorization",),
+     re.compile(r"(?i)(\bauthorization['\"]?\s{0,8}[:=,]\s{0,8}(?:b?['\"])?)[^'\"\r\n]++"), r"\1<redacted>"),
     # bearer tokens and legacy "key=" keys wherever they are
-    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1<redacted>"),
-    (re.compile(r"(?i)(['\"]?(?:access_token|refresh_token|id_token|assertion|private_key|client_secret)['\"]?"
-                r"\s*[:=]\s*['\"]?)(?!<redacted)[^'\"\s,}&]+"), r"\1<redacted>"),
+    (("bearer",), re.compile(r"(?i)(\bbearer\s{1,8})[A-Za-z0-9._~+/=-]++"), r"\1<redacted>"),
+    (("_token", "assertion", "private_key", "client_secret"),
+     re.compile(r"(?i)(['\"]?(?:access_token|refresh_token|id_token|assertion|private_key|client_secret)['\"]?"
+                r"\s{0,8}[:=]\s{0,8}['\"]?)(?!<redacted)[^'\"\s,}&]++"), r"\1<redacted>"),
     # Google OAuth access tokens and JWTs (provider tokens, service-account assertions)
-    (re.compile(r"\bya29\.[A-Za-z0-9._-]+"), "<redacted access token>"),
-    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+"), "<redacted jwt>"),
+    (("ya29.",), re.compile(r"\bya29\.[A-Za-z0-9._-]++"), "<redacted access token>"),
+    (("eyj",), re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]{8,}+\.[A-Za-z0-9_-]++"),
+     "<redacted jwt>"),
 ]
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z ]{0,40}PRIVATE KEY-----")
+_PEM_END = re.compile(r"-----END [A-Z ]{0,40}PRIVATE KEY-----")
+#: what follows BEGIN in a PEM block cut short: base64, blank space, escaped newlines
+_PEM_BODY = re.compile(r"(?:[A-Za-z0-9+/=\s]|\\n)*+")
+_PRIVATE_KEY = "<redacted private key>"
+
+#: one search, in the lower-cased text, that every text holding a secret matches;
+#: most log lines match none, and then the substitutions are skipped (a
+#: case-sensitive search of the lower-cased text is several times faster than
+#: a case-insensitive one)
+_SECRET_HINT = re.compile(r"bearer|key=|authorization|_token|assertion|private_key|private key|secret|ya29|eyj")
+
+#: what must not reach a log line raw: control characters (a CR/LF would start a
+#: forged line, ESC drives terminals), lone surrogates (the file handler cannot
+#: encode them and would drop the line), line separators and bidi overrides
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+#: the same, newlines excepted: for tracebacks, which are multi-line by nature
+_UNSAFE_IN_TRACEBACK = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
-#: one search that every text holding a secret matches (case-insensitive, like the patterns);
-#: most log lines match none, and then the five substitutions are skipped
-_SECRET_HINT = re.compile(r"(?i)bearer|key=|access_token|assertion|private_key|private key|eyJ")
+def _escape_one(match: "re.Match[str]") -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape(text: str, pattern: "re.Pattern[str]" = _UNSAFE) -> str:
+    """``text`` with control characters, lone surrogates and the like written as escapes."""
+    if pattern.search(text) is None:
+        return text
+    return pattern.sub(_escape_one, text)
+
+
+def cap(text: str, limit: int = VALUE_LIMIT) -> str:
+    """``text``, or its first ``limit`` characters marked ``…(N bytes)`` with its full size."""
+    if len(text) <= limit:
+        return text
+    size = len(text.encode("utf-8", "surrogatepass"))
+    return f"{text[:limit]}…({size} bytes)"
+
+
+class _Capped:
+    """An argument of any other type, whose text is capped when it is formatted."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return cap(str(self.value))
+
+    def __repr__(self) -> str:
+        return cap(repr(self.value))
+
+
+def _capped(value: Any) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= VALUE_LIMIT else cap(value)
+    if isinstance(value, (int, float)) or value is None:  # bool is an int
+        return value
+    if isinstance(value, (bytes, bytearray)) and len(value) <= VALUE_LIMIT:
+        return value
+    return _Capped(value)
+
+
+def _redact_private_keys(text: str) -> str:
+    """``text`` with PEM private keys removed, whole or cut short, in one pass."""
+    pieces = []
+    position = 0
+    end_missing = False  # once no END follows a BEGIN, none follows a later one
+    while True:
+        begin = _PEM_BEGIN.search(text, position)
+        if begin is None:
+            break
+        pieces.append(text[position:begin.start()])
+        end = None if end_missing else _PEM_END.search(text, begin.end())
+        if end is None:
+            end_missing = True
+            position = _PEM_BODY.match(text, begin.end()).end()
+        else:
+            position = end.end()
+        pieces.append(_PRIVATE_KEY)
+    if not pieces:
+        return text
+    pieces.append(text[position:])
+    return "".join(pieces)
 
 
 def redact(text: str) -> str:
     """``text`` with JWTs, access tokens, legacy keys and private keys removed."""
-    if _SECRET_HINT.search(text) is None:
+    lowered = text.lower()
+    if _SECRET_HINT.search(lowered) is None:
         return text
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
+    # private keys first: the key-name rules would otherwise cut a PEM block in two
+    if "private key" in lowered:
+        text = _redact_private_keys(text)
+    for keywords, pattern, replacement in _SECRET_PATTERNS:
+        if any(keyword in lowered for keyword in keywords):
+            text = pattern.sub(replacement, text)
     return text
 
 
+#: hpack's traces of whole encoded header blocks: an encoded block carries the
+#: authorization header (the APNs provider token) in a form no pattern can see
+_ENCODED_BLOCK_TRACES = frozenset(("Encoded header block to %s", "Decoding %s"))
+
+
 class RedactingFilter(logging.Filter):
-    """Rewrites each record's message with :func:`redact`.
+    """Makes each record safe to write: arguments capped, credentials
+    redacted, control characters escaped; drops hpack's encoded header blocks.
 
     The message is merged with its arguments here, once, so the queue handler
     and the listener's formatters do not format it again.
@@ -71,15 +175,26 @@ class RedactingFilter(logging.Filter):
     _formatter = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        record.msg, record.args = redact(message), None
+        if record.name.startswith("hpack") and record.msg in _ENCODED_BLOCK_TRACES:
+            return False
+        args = record.args
+        if args:
+            if isinstance(args, tuple):
+                record.args = tuple(map(_capped, args))
+            elif isinstance(args, Mapping):
+                record.args = {key: _capped(value) for key, value in args.items()}
+        try:
+            message = record.getMessage()
+        except Exception:  # arguments that do not fit the format: still write what was said
+            message = f"{cap(str(record.msg))} (with arguments that do not fit it)"
+        record.msg, record.args = escape(redact(cap(message, MESSAGE_LIMIT))), None
         # tracebacks are formatted later by the handlers: format and clean them now
         if record.exc_info and not record.exc_text:
             record.exc_text = self._formatter.formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = redact(record.exc_text)
+            record.exc_text = escape(redact(cap(record.exc_text, MESSAGE_LIMIT)), _UNSAFE_IN_TRACEBACK)
         if record.stack_info:
-            record.stack_info = redact(record.stack_info)
+            record.stack_info = escape(redact(cap(record.stack_info, MESSAGE_LIMIT)), _UNSAFE_IN_TRACEBACK)
         return True
 
 

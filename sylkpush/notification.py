@@ -8,6 +8,7 @@ the rule it broke.  It knows nothing of configured applications except the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
@@ -21,8 +22,19 @@ VOIP_EVENTS = frozenset(("incoming_session", "incoming_conference_request"))
 MEDIA_TYPES = ("audio", "video", "chat", "sms", "file-transfer", "image")
 #: media types whose requests are calls: they get the short deadline
 CALL_MEDIA = frozenset(("audio", "video"))
+#: the largest badge: APNs and iOS keep it in a 32-bit signed integer
+BADGE_MAX = 2**31 - 1
 TRUE_VALUES = (True, 1, "1", "true", "True", "TRUE")
 FALSE_VALUES = (False, 0, "0", "false", "False", "FALSE")
+#: what no field may hold: control characters (a CR/LF in a logged field would
+#: forge log lines) and lone surrogates (they cannot be encoded for the push
+#: service, nor written to a log file)
+UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: the same for a message body (``content``), which may span lines
+UNSAFE_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+#: fields that are free text, where tabs and line breaks are the writer's
+MULTILINE_FIELDS = frozenset(("content",))
+UNSAFE_RULE = "must not contain control characters or lone surrogates"
 
 
 class ValidationError(ValueError):
@@ -85,6 +97,39 @@ def _string(body: Mapping[str, Any], key: str, required: bool) -> Optional[str]:
     return value
 
 
+def check_strings(body: Mapping[str, Any]) -> None:
+    """Refuse control characters and lone surrogates in any key or string of
+    ``body``, nested ones included; the error names the top-level field."""
+    # one search over all the flat text (the usual body) finds nothing wrong at
+    # the cost of a single pass; only then is each field looked at
+    texts = []
+    for key, value in body.items():
+        texts.append(key)
+        if isinstance(value, str):
+            if key not in MULTILINE_FIELDS:
+                texts.append(value)
+            elif UNSAFE_IN_TEXT.search(value) is not None:
+                raise ValidationError(key, UNSAFE_RULE)
+        elif isinstance(value, (dict, list)) and not _safe(value):
+            raise ValidationError(key, UNSAFE_RULE)
+    if UNSAFE_CHARACTERS.search("".join(texts)) is None:
+        return
+    for key, value in body.items():
+        if UNSAFE_CHARACTERS.search(key) is not None or (
+                isinstance(value, str) and key not in MULTILINE_FIELDS and not _safe(value)):
+            raise ValidationError(key, UNSAFE_RULE)
+
+
+def _safe(value: Any) -> bool:
+    if isinstance(value, str):
+        return UNSAFE_CHARACTERS.search(value) is None
+    if isinstance(value, dict):
+        return all(UNSAFE_CHARACTERS.search(key) is None and _safe(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_safe(item) for item in value)
+    return True
+
+
 def _choice(value: str, key: str, choices: Any) -> str:
     if value not in choices:
         raise ValidationError(key, "must be one of " + ", ".join(choices))
@@ -103,19 +148,22 @@ def _bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
     raise ValidationError(key, "must be a boolean (true/false, 1/0)")
 
 
-def _int(body: Mapping[str, Any], key: str, default: int) -> int:
+def _int(body: Mapping[str, Any], key: str, default: int, maximum: int) -> int:
+    """A JSON integer or a string of ASCII digits (``int()`` would also take
+    blanks around it, underscores and digits of other scripts)."""
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValidationError(key, "must be an integer")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValidationError(key, "must be an integer") from None
-    if number < 0:
-        raise ValidationError(key, "must not be negative")
-    return number
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        try:
+            value = int(value)
+        except ValueError:  # more digits than int() converts
+            raise ValidationError(key, f"must be from 0 to {maximum}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(key, "must be an integer (ASCII digits)")
+    if not 0 <= value <= maximum:
+        raise ValidationError(key, f"must be from 0 to {maximum}")
+    return value
 
 
 def parse_platform(body: Mapping[str, Any], custom: Iterable[str] = ()) -> str:
@@ -133,7 +181,8 @@ def parse_app_id(body: Mapping[str, Any]) -> str:
 def parse_notification(body: Mapping[str, Any], app_type: str,
                        platform: Optional[str] = None) -> Notification:
     """Validate ``body`` for an application of ``app_type`` on ``platform``
-    (the canonical name :func:`parse_platform` returned; parsed when None)."""
+    (the canonical name :func:`parse_platform` returned; parsed when None).
+    Its strings are checked by :func:`check_strings` first."""
     app_id = parse_app_id(body)
     platform = platform or parse_platform(body)
     token = _string(body, "token", True)
@@ -162,7 +211,7 @@ def parse_notification(body: Mapping[str, Any], app_type: str,
         from_display_name=display,
         silent=_bool(body, "silent", True),
         reason=_string(body, "reason", False),
-        badge=_int(body, "badge", 1),
+        badge=_int(body, "badge", 1, BADGE_MAX),
         account=_string(body, "account", False),
         content=_string(body, "content", False),
         content_type=_string(body, "content-type", False),

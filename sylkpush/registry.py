@@ -57,11 +57,6 @@ class AppRegistry:
     def platforms(self) -> frozenset:
         return frozenset(key[1] for key in self._apps)
 
-    def start(self) -> None:
-        for app in self:
-            if app.client is not None:
-                app.client.start()
-
     def stop(self):
         """Stop every client; the Deferred fires when all have finished."""
         stops = [app.client.stop() for app in self if app.client is not None]
@@ -90,11 +85,12 @@ def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: An
                    find_renderers: RendererFinder = default_renderers,
                    previous: Optional[AppRegistry] = None,
                    ) -> Tuple[AppRegistry, List[Tuple[str, str]]]:
-    """Make an :class:`Application` of each config.
+    """Make an :class:`Application` of each config (clients not started).
 
     Returns the registry and ``(section, reason)`` for each application left
-    out.  An application whose push-service code cannot be loaded stays in,
-    without a client, so its requests get a 503 that says why.  With
+    out: whatever goes wrong while one application is built leaves out that
+    one only.  An application whose push-service code cannot be loaded stays
+    in, without a client, so its requests get a 503 that says why.  With
     ``previous`` (a reload), an application whose settings are unchanged
     keeps its running client, so its connections survive the reload.
     """
@@ -102,30 +98,77 @@ def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: An
     problems: List[Tuple[str, str]] = []
     for config in configs:
         try:
-            headers_class, payload_class = find_renderers(
-                config.app_type, config.platform, settings.path(settings.extra_applications_dir))
+            app, problem = _build_application(settings, config, reactor, find_client, find_renderers, previous)
         except ConfigError as exc:
             problems.append((config.section, str(exc)))
             continue
-        try:
-            client_class = find_client(config.platform, settings)
-        except ConfigError as exc:
-            # kept, without a client: its callers learn why (503) instead of "not configured"
-            apps.append(Application(config, headers_class, payload_class, None, str(exc)))
-            problems.append((config.section, str(exc)))
+        except Exception as exc:
+            problems.append((config.section, _unexpected(exc, config.section, "cannot be set up")))
             continue
-        old = previous.get(*config.key) if previous is not None else None
-        if (old is not None and old.config == config and old.client is not None
-                and type(old.client) is client_class):
-            apps.append(Application(config, headers_class, payload_class, old.client))
-            continue
-        try:
-            client = client_class(config, reactor)
-        except ConfigError as exc:
-            problems.append((config.section, str(exc)))
-            continue
-        apps.append(Application(config, headers_class, payload_class, client))
+        apps.append(app)
+        if problem:
+            problems.append((config.section, problem))
     return AppRegistry(apps), problems
+
+
+def _build_application(settings: Settings, config: AppConfig, reactor: Any, find_client: ClientClassFinder,
+                       find_renderers: RendererFinder, previous: Optional[AppRegistry],
+                       ) -> Tuple[Application, str]:
+    """The application of ``config`` and the problem it is kept with ("" for none)."""
+    headers_class, payload_class = find_renderers(
+        config.app_type, config.platform, settings.path(settings.extra_applications_dir))
+    try:
+        client_class = find_client(config.platform, settings)
+    except ConfigError as exc:
+        # kept, without a client: its callers learn why (503) instead of "not configured"
+        return Application(config, headers_class, payload_class, None, str(exc)), str(exc)
+    old = previous.get(*config.key) if previous is not None else None
+    if (old is not None and old.config == config and old.client is not None
+            and type(old.client) is client_class):
+        return Application(config, headers_class, payload_class, old.client), ""
+    return Application(config, headers_class, payload_class, client_class(config, reactor)), ""
+
+
+def _unexpected(exc: Exception, section: str, what: str) -> str:
+    """The reason given for an exception nobody expected; its traceback goes to the log."""
+    log.error("application [%s] %s", section, what, exc_info=exc)
+    return f"{what}: {type(exc).__name__}: {exc}"
+
+
+def start_clients(registry: AppRegistry, previous: Optional[AppRegistry] = None,
+                  ) -> Tuple[AppRegistry, List[Tuple[str, str]]]:
+    """Start the clients of ``registry`` that ``previous`` does not run already.
+
+    A client whose ``start()`` raises is stopped and its application left
+    out, as if its settings were broken.  Returns the registry of what runs
+    and ``(section, reason)`` for each application left out.
+    """
+    running = {id(app.client) for app in previous} if previous is not None else set()
+    apps: List[Application] = []
+    problems: List[Tuple[str, str]] = []
+    for app in registry:
+        client = app.client
+        if client is not None and id(client) not in running:
+            try:
+                client.start()
+            except Exception as exc:
+                problems.append((app.config.section, _unexpected(exc, app.config.section, "cannot be started")))
+                _stop_quietly(client)
+                continue
+        apps.append(app)
+    return AppRegistry(apps), problems
+
+
+def _stop_quietly(client: PushClient) -> None:
+    """Stop a client that failed to start; whatever it says is only logged."""
+    try:
+        stopping = client.stop()
+    except Exception:
+        log.exception("stopping the client of [%s] after its failed start", client.app.section)
+        return
+    if hasattr(stopping, "addErrback"):
+        stopping.addErrback(lambda failure: log.error("stopping the client of [%s] after its failed start: %s",
+                                                      client.app.section, failure.getErrorMessage()))
 
 
 @dataclass
@@ -133,7 +176,7 @@ class Rebuild:
     """The outcome of a reload: the registry to swap in and what changes."""
 
     registry: AppRegistry
-    #: clients created by the reload: start them before the swap
+    #: clients created (and started) by the reload
     added: List[PushClient]
     #: clients of the previous registry no longer used: stop them after the swap
     retired: List[PushClient]
@@ -146,15 +189,17 @@ def rebuild_registry(settings: Settings, configs: Iterable[AppConfig], problems:
                      previous: AppRegistry, reactor: Any,
                      find_client: ClientClassFinder = default_client_class,
                      find_renderers: RendererFinder = default_renderers) -> Rebuild:
-    """The registry for a reloaded applications.ini.
+    """The registry for a reloaded applications.ini, its new clients started.
 
     Unchanged applications keep their clients; a section whose new settings
-    are broken keeps its previous application (SPEC §10: "the previous
-    working settings stay active"), unless another section now owns its key;
-    a section that was removed from the file is removed.
+    are broken (or whose new client fails to start) keeps its previous
+    application (SPEC §10: "the previous working settings stay active"),
+    unless another section now owns its key; a section that was removed from
+    the file is removed.
     """
     registry, more = build_registry(settings, configs, reactor, find_client, find_renderers, previous)
-    problems = list(problems) + more
+    registry, failed = start_clients(registry, previous)
+    problems = list(problems) + more + failed
     apps = {app.config.key: app for app in registry}
     old_by_section = {app.config.section: app for app in previous}
     kept = []

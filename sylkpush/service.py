@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import socket
 from collections import Counter
@@ -16,6 +17,7 @@ from twisted.web.server import Site
 
 from sylkpush.api_keys import ApiKeys, read_keys
 from sylkpush.config import ConfigFileError, Settings, load_applications
+from sylkpush.connections import RESERVED_DESCRIPTORS, ApiConnections
 from sylkpush.dispatch import Dispatcher
 from sylkpush.expiry import Credential, ExpiryWatch, app_credentials, certificate_not_after
 from sylkpush.exposure import open_access_warning
@@ -23,13 +25,13 @@ from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
 from sylkpush.pns.base import UNANSWERED_AT_SHUTDOWN, PushClient
 from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, default_client_class, log_problems,
-                               rebuild_registry)
+                               rebuild_registry, start_clients)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
 from sylkpush.remote_log import RemoteLogger
 from sylkpush.tokens import make_store
 from sylkpush.v2 import resources as v2_resources
 from sylkpush.v2.metrics import TokenMetrics
-from sylkpush.web import ConnectionTracker, make_site
+from sylkpush.web import make_site
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,32 @@ def within(deferred: Deferred, seconds: float, reactor: Any) -> "Deferred[bool]"
         return result
     deferred.addBoth(fired)
     return outcome
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit on open descriptors to the hard one (systemd's
+    default soft limit, 1024, is too low for thousands of callers); the soft
+    limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open files limit from %d to %d: %s", soft, wanted, exc)
+    return soft
+
+
+def connection_limit(configured: int, descriptors: int) -> int:
+    """API connections allowed at once: max_connections, unless the process
+    may not open that many descriptors besides those it needs for the rest."""
+    usable = max(descriptors - RESERVED_DESCRIPTORS, descriptors // 2)
+    if configured > usable:
+        log.warning("max_connections is %d but only %d descriptors may be open: accepting at most %d "
+                    "API connections (raise LimitNOFILE)", configured, descriptors, usable)
+        return usable
+    return configured
 
 
 def load_tls_certificate(path: str) -> ssl.PrivateCertificate:
@@ -113,11 +141,10 @@ class PushServer(service.Service):
         self.expiry = ExpiryWatch(lambda: app_credentials(self.registry) + own, reactor)
         self.dispatcher = Dispatcher(lambda: self.registry, reactor)
         self.api_keys = ApiKeys.from_file(settings.path(settings.keys_file)) if settings.keys_file else None
-        self.site: Site = make_site(self.dispatcher, settings.allowed_hosts,
-                                    lambda: self.settings.return_async, self.api_keys)
+        self.site: Site = make_site(self.dispatcher, lambda: self.settings.return_async, self.api_keys)
         self.push_resource = self.site.resource.children[b"push"]
-        self.connections = ConnectionTracker(self.site)
-        self.connections.noisy = False
+        self.connections = ApiConnections(self.site, reactor, settings.allowed_hosts, settings.max_connections,
+                                          settings.request_timeout, refused=self.dispatcher.refused)
         self.metrics = Metrics(lambda: self.registry, self.dispatcher)
         self.remote_log = RemoteLogger(reactor, debug=settings.debug)
         self.dispatcher.observers += [self.metrics.observe, self.remote_log.observe]
@@ -143,10 +170,11 @@ class PushServer(service.Service):
         self._previous_sighup: Any = None
 
     def load_registry(self) -> AppRegistry:
-        """Read applications.ini and build its registry (not yet started)."""
+        """Read applications.ini, build its registry and start its clients."""
         configs, problems = load_applications(self.settings)
         registry, more = build_registry(self.settings, configs, self.reactor, self.find_client)
-        log_problems(problems + more)
+        registry, failed = start_clients(registry)
+        log_problems(problems + more + failed)
         return registry
 
     def startService(self) -> None:
@@ -161,11 +189,11 @@ class PushServer(service.Service):
         for app in self.registry:
             if app.client is not None:  # the others were reported as disabled
                 log.info("application %s (%s) ready", app.label, app.config.app_type)
-        self.registry.start()
         self.tokens.open().addErrback(lambda failure: log.error(
             "the v2 API answers 503 until the token storage can be used: %s", failure.getErrorMessage()))
         if self.api_keys is not None:
             log.info("API keys required on /push and /v2: %s", ", ".join(self.api_keys.names))
+        self.connections.limit = connection_limit(self.settings.max_connections, raise_open_files_limit())
         self.port = self.listen()
         self.remote_log.server_ip = self.port.getHost().host
         if self.remote_log.server_ip in ("0.0.0.0", "::"):
@@ -250,8 +278,6 @@ class PushServer(service.Service):
         log_problems(rebuild.problems)
         for section in rebuild.kept:
             log.warning("application [%s]: its previous working settings stay active", section)
-        for client in rebuild.added:
-            client.start()
         # one assignment: a request sees either the old or the new registry, whole
         self.registry = rebuild.registry
         self.reloads += 1

@@ -8,10 +8,11 @@ gone away meanwhile.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+import re
+from io import BytesIO
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.protocols.policies import WrappingFactory
@@ -25,49 +26,163 @@ from sylkpush.dispatch import Answer, ApiError, Dispatcher
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+#: the deepest nesting of arrays and objects a body may have (a wake-up is flat)
+MAX_DEPTH = 16
+#: bytes of a body over the limit kept to find its call-id for the log
+SNIFF_BYTES = 4096
+#: a call-id in a body that is not (or not all) read as JSON, for the refusal's log line
+_CALL_ID = re.compile(rb'"call-id"\s{0,16}:\s{0,16}"([^"\\\x00-\x1f]{1,256})"')
 
 
-def write_json(request: server.Request, code: int, description: str,
-               data: Optional[Union[Dict[str, Any], List[Any]]] = None,
-               extra: Optional[Dict[str, Any]] = None) -> bytes:
-    """Set status and headers of ``request``; the JSON body to return
-    (``extra``: more keys beside code, description and data)."""
-    request.setResponseCode(code)
-    request.setHeader(b"content-type", b"application/json")
+class BodyError(ValueError):
+    """A request body that is not a usable JSON document; the message says why."""
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BodyError(f"request body has the key {key!r} more than once")
+            seen.add(key)
+    return result
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+#: one decoder for all bodies: json.loads with a hook would build a new one each time
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON document ``raw``; :class:`BodyError` when it is not valid JSON,
+    has a key twice (which one counts differs between parsers) or is nested
+    deeper than :data:`MAX_DEPTH`."""
+    try:
+        # as json.loads reads bytes: UTF-8, -16 or -32, with or without a BOM
+        value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except BodyError:
+        raise
+    except RecursionError:
+        raise BodyError(f"request body is nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BodyError(f"request body is not valid JSON: {exc}") from None
+    # cheap first: a body with few brackets cannot be deep
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(value, MAX_DEPTH):
+        raise BodyError(f"request body is nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def unsupported_content_type(request: server.Request) -> Optional[str]:
+    """The request's content type when it is not JSON, else None.
+
+    ``application/json`` and ``+json`` types are JSON; so is no content type
+    at all, for old callers.  Refusing the rest keeps a web page in a browser
+    on an allowed host from pushing with a cross-site form or text/plain POST.
+    """
+    value = request.getHeader(b"content-type")
+    if value is None:
+        return None
+    media = value.split(b";", 1)[0].strip().lower()
+    if not media or media == b"application/json" or (media.endswith(b"+json") and b"/" in media):
+        return None
+    return media.decode("latin-1")
+
+
+def exc_info_of(failure: Failure) -> Tuple[Any, Any, Any]:
+    """``exc_info`` for logging: the traceback then goes to the log's own
+    traceback block, the message stays one line."""
+    return failure.type, failure.value, failure.getTracebackObject()
+
+
+def sniff_call_id(raw: bytes) -> Optional[str]:
+    """The call-id of a body that could not be read whole, for the log."""
+    found = _CALL_ID.search(raw)
+    return found.group(1).decode("utf-8", "replace") if found else None
+
+
+#: the ``data`` of an answer: an object, or a list (the v2 API's per-device results)
+AnswerData = Optional[Union[Dict[str, Any], List[Any]]]
+
+
+def envelope(code: int, description: str, data: AnswerData = None,
+             extra: Optional[Dict[str, Any]] = None) -> bytes:
+    """The JSON body of every answer (``extra``: more keys beside code, description and data)."""
     return json.dumps({"code": code, "description": description, "data": data or {}, **(extra or {})}).encode("utf-8")
 
 
+def write_json(request: server.Request, code: int, description: str,
+               data: AnswerData = None, extra: Optional[Dict[str, Any]] = None) -> bytes:
+    """Set status and headers of ``request``; the JSON body to return."""
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return envelope(code, description, data, extra)
+
+
 class ApiRequest(server.Request):
-    """A Request that stops buffering a body past :data:`MAX_BODY` and
-    answers internal errors with JSON instead of an HTML traceback."""
+    """A Request that keeps its body in memory, stops buffering it past
+    :data:`MAX_BODY`, tells its connection when it is received and answered
+    (for the connection limit and the request deadline), and answers internal
+    errors with JSON instead of an HTML traceback."""
 
     body_too_large = False
+    #: the first bytes of a body over the limit, to find its call-id
+    head = b""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # bodies are JSON: skip Twisted's form parsing, which parses every
         # request's content-type with the email package (costly, hot path)
         self._parsePOSTFormSubmission = False
+        self._connection("request_started")
+
+    def _connection(self, event: str) -> None:
+        notify = getattr(self.transport, event, None)  # an ApiConnection (not in unit tests)
+        if notify is not None:
+            notify()
 
     def gotLength(self, length: Optional[int]) -> None:
+        # in memory whatever the length: MAX_BODY bounds it, and Twisted's
+        # temporary file for long or chunked bodies would cost a descriptor
+        self.content = BytesIO()
         if length is not None and length > MAX_BODY:
             self.body_too_large = True
-            length = 0  # keep an empty in-memory buffer
-        super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self.body_too_large:
-            return
-        if self.content.tell() + len(data) > MAX_BODY:  # chunked bodies have no length
+        if not self.body_too_large and self.content.tell() + len(data) > MAX_BODY:  # chunked: no length
             self.body_too_large = True
-            self.content.seek(0)
-            self.content.truncate()
+            self.head = self.content.getvalue()[:SNIFF_BYTES]
+            self.content = BytesIO()
+        if self.body_too_large:
+            if len(self.head) < SNIFF_BYTES:
+                self.head += data[:SNIFF_BYTES - len(self.head)]
             return
         super().handleContentChunk(data)
 
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._connection("request_received")
+        super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        if not self.finished and not self._disconnected:
+            # before: finishing may start reading the caller's next request
+            self._connection("request_finished")
+        super().finish()
+
     def processingFailed(self, reason: Failure) -> None:
-        log.error("unhandled error answering %s %s: %s", self.method, self.uri,
-                  reason.getTraceback())
+        log.error("unhandled error answering %s %s", self.method, self.uri, exc_info=exc_info_of(reason))
         if self.finished or self._disconnected:
             return
         body = write_json(self, 500, "internal server error")
@@ -93,11 +208,6 @@ class JsonResource(resource.Resource):
 class NotFound(JsonResource):
     def render(self, request: server.Request) -> bytes:
         return write_json(request, 404, "no such resource")
-
-
-class Forbidden(JsonResource):
-    def render(self, request: server.Request) -> bytes:
-        return write_json(request, 403, "access denied by access list")
 
 
 class Unauthorized(JsonResource):
@@ -147,21 +257,39 @@ class AnsweringResource(JsonResource):
         return len(waiting)
 
     def _refuse(self, request: server.Request, code: int, description: str,
-                data: Optional[Dict[str, Any]] = None) -> bytes:
+                data: AnswerData = None, call_id: Optional[str] = None) -> bytes:
+        """Answer ``code`` without a push; one log line says who, to where and why."""
+        path = getattr(request, "path", None) or request.uri  # test doubles may lack a path
+        who = f"{caller(request)} to {path.decode('utf-8', 'replace')}"
+        if call_id:
+            log.info("refused request from %s (call-id %s): %s %s", who, call_id, code, description)
+        else:
+            log.info("refused request from %s: %s %s", who, code, description)
         self.dispatcher.refused(code)
         return write_json(request, code, description, data)
+
+    def refuse(self, request: server.Request, error: ApiError, body: Any = None) -> bytes:
+        """:meth:`_refuse` for ``error``, with the call-id of ``body`` when it has one."""
+        call_id = error.call_id
+        if call_id is None and isinstance(body, dict) and isinstance(body.get("call-id"), str):
+            call_id = body["call-id"]
+        return self._refuse(request, error.code, error.description, error.data, call_id)
 
     def read_body(self, request: server.Request) -> Any:
         """The request's decoded JSON body; ApiError when there is none to use."""
         if self.closing:
             raise ApiError(503, "the server is shutting down")
+        media = unsupported_content_type(request)
+        if media is not None:
+            raise ApiError(415, f"content type {media} is not accepted: send application/json")
         if getattr(request, "body_too_large", False):
-            raise ApiError(413, f"request body is larger than {MAX_BODY} bytes")
+            raise ApiError(413, f"request body is larger than {MAX_BODY} bytes",
+                           call_id=sniff_call_id(getattr(request, "head", b"")))
         raw = request.content.read()
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+            return decode_json(raw)
+        except BodyError as exc:
+            raise ApiError(400, str(exc), call_id=sniff_call_id(raw)) from None
 
     def answer_later(self, request: server.Request, work: "Deferred[Answer]", request_id: str) -> Any:
         """Answer ``request`` when ``work`` fires (for :meth:`render`)."""
@@ -189,7 +317,7 @@ class AnsweringResource(JsonResource):
 
     @staticmethod
     def _unexpected(failure: Failure, request_id: str) -> None:
-        log.error("%s: unexpected error: %s", request_id, failure.getTraceback())
+        log.error("%s: unexpected error", request_id, exc_info=exc_info_of(failure))
 
 
 class PushResource(AnsweringResource):
@@ -200,16 +328,12 @@ class PushResource(AnsweringResource):
         self.return_async = return_async
 
     def render_POST(self, request: server.Request) -> Any:
+        body = None
         try:
             body = self.read_body(request)
+            prepared = self.dispatcher.prepare(body, caller(request))
         except ApiError as exc:
-            return self._refuse(request, exc.code, exc.description, exc.data)
-        address = caller(request)
-        try:
-            prepared = self.dispatcher.prepare(body, address)
-        except ApiError as exc:
-            log.info("refused request from %s: %s %s", address, exc.code, exc.description)
-            return self._refuse(request, exc.code, exc.description, exc.data)
+            return self.refuse(request, exc, body)
         delivery = ensureDeferred(self.dispatcher.deliver(prepared))
         if not self.return_async():
             delivery.addErrback(self._unexpected, prepared.request_id)
@@ -218,26 +342,19 @@ class PushResource(AnsweringResource):
 
 
 class Root(resource.Resource):
-    """Routes by path and applies ``allowed_hosts`` before anything else,
-    then the API keys (when configured) to the paths that push or store."""
+    """Routes by path, and applies the API keys (when configured) to the
+    paths that push or store.  (Callers outside ``allowed_hosts`` never get
+    here: their connections are refused as they are accepted.)"""
 
     #: the paths that need an API key when keys are configured
     protected = frozenset({b"push", b"v2"})
 
-    def __init__(self, allowed: Sequence[Any] = (), keys: Optional[ApiKeys] = None) -> None:
+    def __init__(self, keys: Optional[ApiKeys] = None) -> None:
         super().__init__()
-        self.allowed = tuple(allowed)
         self.keys = keys
         self.welcome = Welcome()
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.IResource:
-        if self.allowed and not self._allowed(client_address(request)):
-            return Forbidden()
-        if path == b"" and not request.postpath:
-            return self.welcome
-        child = self.children.get(path)
-        if child is None or (request.postpath and child.isLeaf and request.postpath != [b""]):
-            return NotFound()
         if self.keys is not None and path in self.protected:
             name = self.keys.authenticate(request.getHeader(b"authorization"))
             if name is None:
@@ -245,16 +362,12 @@ class Root(resource.Resource):
                          path.decode("ascii", "replace"))
                 return Unauthorized()
             request.api_key_name = name
+        if path == b"" and not request.postpath:
+            return self.welcome
+        child = self.children.get(path)
+        if child is None or (request.postpath and child.isLeaf and request.postpath != [b""]):
+            return NotFound()
         return child
-
-    def _allowed(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        if getattr(address, "ipv4_mapped", None):
-            address = address.ipv4_mapped
-        return any(address in network for network in self.allowed)
 
 
 class ApiSite(server.Site):
@@ -299,10 +412,10 @@ class ConnectionTracker(WrappingFactory):
         return waiter
 
 
-def make_site(dispatcher: Dispatcher, allowed: Sequence[Any] = (),
-              return_async: Callable[[], bool] = lambda: True, keys: Optional[ApiKeys] = None) -> server.Site:
+def make_site(dispatcher: Dispatcher, return_async: Callable[[], bool] = lambda: True,
+              keys: Optional[ApiKeys] = None) -> server.Site:
     """The API's Site: /, /push; more routes are added with ``site.resource.putChild``."""
-    root = Root(allowed, keys)
+    root = Root(keys)
     root.putChild(b"push", PushResource(dispatcher, return_async))
     site = ApiSite(root)
     site.requestFactory = ApiRequest

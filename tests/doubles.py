@@ -108,6 +108,34 @@ def capture_logs(testcase: Any, level: int = logging.DEBUG, names: tuple = ("syl
     return handler
 
 
+def log_to_file(testcase: Any, **options: Any) -> str:
+    """Set up the daemon's own logging (``setup_logging(**options)``) with a
+    log file, until the test's cleanup; returns the file's path."""
+    import io
+    import os
+    import sys
+
+    from sylkpush import logs
+
+    log_file = os.path.abspath(testcase.mktemp())
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    # Twisted's own log routing is left to trial while the test runs
+    testcase.patch(logs, "_forward_twisted_logs", lambda: None)
+    testcase.patch(sys, "stderr", io.StringIO())  # the console copy; the file is checked
+    logs.setup_logging(foreground=True, log_file=log_file, **options)
+
+    def restore() -> None:
+        logs.stop_logging()
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+    testcase.addCleanup(restore)
+    return log_file
+
+
 def start_ops_server(testcase: Any, applications: str, general: str = "",
                      find_client: Any = delayed_client_class, **options: Any):
     """:func:`tests.helpers.start_server` with a delayed client double by

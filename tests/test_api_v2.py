@@ -142,7 +142,7 @@ class RegistrationTests(V2Case):
     def test_accounts_must_be_user_at_domain(self):
         for account, description in (("alice", "account must be user@domain"),
                                      ("@example.com", "account must be user@domain"),
-                                     ("al%01ice@example.com", "account must not contain control characters"),
+                                     ("al%01ice@example.com", "account must not contain control characters or lone surrogates"),
                                      ("al%ffice@example.com", "account must be UTF-8")):
             code, body, _ = yield self.register(account=account)
             self.assertEqual((code, body["description"], body["data"]), (400, description, {"field": "account"}))

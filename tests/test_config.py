@@ -62,11 +62,15 @@ class SettingsTests(unittest.TestCase):
 
     def test_bad_cassandra_values(self):
         for text, message in (
-                ("cluster_contact_points = a:9042, b:9043", "[Cassandra] every contact point must use the same port"),
-                ("cluster_contact_points = a:http", "[Cassandra] 'a:http': the port must be a number"),
-                ("cluster_contact_points = [::1", "[Cassandra] '[::1' is not host, host:port"),
-                ("keyspace = sylk-pushserver", "[Cassandra] keyspace 'sylk-pushserver' must be a letter"),
-                ("table = tokens;drop", "[Cassandra] table 'tokens;drop' must be a letter"),
+                ("cluster_contact_points = a:9042, b:9043",
+                 "line 2: [Cassandra] cluster_contact_points must all use one port (found 9042, 9043)"),
+                ("cluster_contact_points = a:http",
+                 "[Cassandra] cluster_contact_points entry 'a:http': the port must be a number"),
+                ("cluster_contact_points = [::1", "[Cassandra] cluster_contact_points entry '[::1' is not host, host:port"),
+                ("cluster_contact_points = db_1.example.com, db..example.com:9042",
+                 "[Cassandra] cluster_contact_points entry 'db..example.com' is not a host name or IP address"),
+                ("keyspace = sylk-pushserver", "line 2: [Cassandra] keyspace must be a letter followed by letters"),
+                ("table = tokens;drop", "line 2: [Cassandra] table must be a letter followed by letters"),
                 ("username = pusher", "[Cassandra] username and password go together")):
             exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", f"[Cassandra]\n{text}\n"))
             self.assertIn(message, str(exc))
@@ -80,9 +84,49 @@ class SettingsTests(unittest.TestCase):
             self.assertIn(message, str(exc))
 
     def test_networks(self):
-        networks = parse_networks(" 127.0.0.1 ,::1, 10.1.2.3/8")
+        networks = parse_networks(" 127.0.0.1 ,::1, 10.0.0.0/8,")
         self.assertIn(ipaddress.ip_address("10.200.0.1"), networks[2])
         self.assertEqual(str(networks[1]), "::1/128")
+
+    def test_networks_that_would_allow_more_than_written_are_refused(self):
+        exc = self.assertRaises(ConfigFileError, parse_networks, "127.0.0.1, 10.1.2.3/8")
+        self.assertEqual(str(exc), "entry '10.1.2.3/8' has host bits set: write 10.0.0.0/8 for the whole network "
+                                   "or 10.1.2.3 for the one address")
+        for value in (",", " , ,"):  # once read as "no list": everyone allowed
+            exc = self.assertRaises(ConfigFileError, load_settings,
+                                    make_config_dir("", f"[server]\nallowed_hosts = {value}\n"))
+            self.assertIn("line 2: [server] allowed_hosts lists no address", str(exc))
+
+    def test_errors_name_line_and_key_never_the_value(self):
+        secret = "AAAAsecretLegacyKey123"
+        for general, expected in (
+                (f"[server]\n{secret}\n", "line 2: not a [section] header, a 'key = value' line or a comment"),
+                (f"{secret} = 1\n", "line 1: a setting before the first [section] header"),
+                (f"[server]\ndebug = {secret}\n", "line 2: [server] debug must be true or false"),
+                (f"[server]\nport = {secret}\n", "line 2: [server] port must be an integer"),
+                (f"[server]\nport = 1\nport = {secret}\n", "line 3: port appears twice in section [server]"),
+                ("[server]\n[server]\n", "line 2: section [server] appears twice"),
+                (f"[server]\nrequest_timeout = -{secret}\n", "[server] request_timeout must be a number"),
+                ("[server]\nmax_connections = 0\n", "line 2: [server] max_connections must be an integer of "
+                                                      "at least 1")):
+            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", general))
+            self.assertIn(expected, str(exc))
+            self.assertNotIn(secret, str(exc))
+        directory = make_config_dir("")
+        with open(os.path.join(directory, "general.ini"), "wb") as stream:
+            stream.write(b"[server]\n\n; caf\xe9\n")
+        exc = self.assertRaises(ConfigFileError, load_settings, directory)
+        self.assertIn("line 3 is not UTF-8 text", str(exc))
+        exc = self.assertRaises(ConfigFileError, load_applications,
+                                load_settings(make_config_dir(f"[a]\napp_id = x\n{secret}\n")))
+        self.assertIn("line 3: not a [section] header", str(exc))
+        self.assertNotIn(secret, str(exc))
+
+    def test_new_server_settings(self):
+        settings = load_settings(make_config_dir("", "[server]\nmax_connections = 100\nrequest_timeout = 2.5\n"))
+        self.assertEqual((settings.max_connections, settings.request_timeout), (100, 2.5))
+        defaults = load_settings(make_config_dir(""))
+        self.assertEqual((defaults.max_connections, defaults.request_timeout), (4096, 10.0))
 
     def test_config_dir_search(self):
         self.assertRaises(ConfigFileError, find_config_dir, "/nonexistent/sylk")
@@ -168,6 +212,63 @@ app_platform = ios
         self.assertIn("apple_push_url", reasons["bad-url"])
         self.assertIn("firebase_push_url", reasons["bad-fcm"])
         self.assertEqual(reasons["duplicate"], "apple a is already configured in section good")
+
+    def test_urls_and_hosts_the_clients_could_not_use(self):
+        secret = "AIzaSecretPastedHere"
+        _, (apps, problems) = self.load(f"""
+[fcm-non-ascii]
+app_id = a
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://fcm.googleäpis.com/v1/projects/p/messages:send?{secret}
+[fcm-port]
+app_id = b
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://fcm.googleapis.com:99999/{secret}
+[apple-empty-label]
+app_id = c
+app_type = sylk
+app_platform = apple
+apple_push_url = a..b
+[apple-bad-port]
+app_id = d
+app_type = sylk
+app_platform = apple
+apple_push_url = api.push.apple.com:70000
+[remote-log]
+app_id = e
+app_type = sylk
+app_platform = apple
+log_remote_urls = http://127.0.0.1:9/a, http://lögs.example.com/{secret}
+[two-lines]
+app_id = f
+app_type = sylk
+app_platform = apple
+key_id = ABC
+  {secret}
+[fine]
+app_id = g
+app_type = sylk
+app_platform = apple
+apple_push_url = [::1]:2197
+[unclosed-bracket]
+app_id = h
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://[::1/v1
+""")
+        self.assertEqual([app.section for app in apps], ["fine"])
+        reasons = dict(problems)
+        self.assertEqual(reasons, {
+            "fcm-non-ascii": "line 6: firebase_push_url must be an http(s) URL with a valid host name, in ASCII",
+            "fcm-port": "line 11: firebase_push_url has an invalid port",
+            "apple-empty-label": "line 16: apple_push_url must be host or host:port, with a valid host name",
+            "apple-bad-port": "line 21: apple_push_url has an invalid port",
+            "remote-log": "line 26: log_remote_urls must be an http(s) URL with a valid host name, in ASCII",
+            "two-lines": "line 31: key_id must be one line without control characters",
+            "unclosed-bracket": "line 42: firebase_push_url must be an http(s) URL with a valid host name, in ASCII"})
+        self.assertEqual((apps[0].apple_host, apps[0].apple_port), ("::1", 2197))
 
     def test_unreadable_file(self):
         directory = make_config_dir("[broken\n")

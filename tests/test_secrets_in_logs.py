@@ -9,12 +9,10 @@ debug on; every line written to the log file is then checked.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import secrets
-import sys
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +23,7 @@ from twisted.trial import unittest
 
 from sylkpush import logs
 from sylkpush.pns.base import PushClient, PushResult
+from tests.doubles import log_to_file
 from tests.helpers import SYLK_APPLE, post, start_server, wakeup
 
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -68,22 +67,7 @@ class SecretiveClient(PushClient):
 class SecretsTests(unittest.TestCase):
 
     def setUp(self):
-        self.log_file = os.path.abspath(self.mktemp())
-        root = logging.getLogger()
-        saved = (list(root.handlers), root.level)
-        # Twisted's own log routing is left to trial while the test runs
-        self.patch(logs, "_forward_twisted_logs", lambda: None)
-        self.patch(sys, "stderr", io.StringIO())  # the console copy; the file is checked
-        logs.setup_logging(foreground=True, debug=True, log_file=self.log_file)
-
-        def restore():
-            logs.stop_logging()
-            for handler in list(root.handlers):
-                root.removeHandler(handler)
-            for handler in saved[0]:
-                root.addHandler(handler)
-            root.setLevel(saved[1])
-        self.addCleanup(restore)
+        self.log_file = log_to_file(self, debug=True)
 
     @defer.inlineCallbacks
     def test_no_secret_in_any_line(self):
@@ -153,7 +137,7 @@ class RealClientSecretsTests(SecretsTests):
             self.assertEqual(code, 200, body)
         logs.stop_logging()
         with open(self.log_file, encoding="utf-8") as stream:
-            text = stream.read()
+            self.text = text = stream.read()
         self.assertIn("outgoing", text.lower())  # debug lines were written
         secrets_used = {f"provider JWT {i}": jwt_ for i, jwt_ in enumerate(apns.tokens_seen)}
         secrets_used.update({f"access token {i}": t for i, t in enumerate(set(fcm.authorizations))})
@@ -167,3 +151,21 @@ class RealClientSecretsTests(SecretsTests):
         self.assertTrue(any(k.startswith("access token") for k in secrets_used))
         for name, secret in secrets_used.items():
             self.assertNotIn(secret, text, f"{name} leaked into the log")
+
+
+class HpackTraceSecretsTests(RealClientSecretsTests):
+    """With debug_hpack as well: hpack's traces are written, but never an
+    encoded header block (the provider token in it is beyond redaction)."""
+
+    def setUp(self):
+        super().setUp()
+        for name in ("hpack", "h2"):
+            self.addCleanup(logging.getLogger(name).setLevel, logging.getLogger(name).level)
+        logs.setup_logging(foreground=True, debug=True, debug_hpack=True, log_file=self.log_file)  # again, with hpack
+
+    @defer.inlineCallbacks
+    def test_no_secret_in_any_line(self):
+        yield super().test_no_secret_in_any_line()
+        self.assertRegex(self.text, r"DEBUG hpack\.hpack: Adding .*authorization.*<redacted>")
+        self.assertNotIn("Encoded header block", self.text)
+        self.assertNotIn("Decoding b", self.text)

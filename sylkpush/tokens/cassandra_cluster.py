@@ -66,19 +66,19 @@ def parse_contact_points(value: str) -> Tuple[Tuple[str, ...], int]:
         if entry.startswith("["):
             host, bracket, port = entry[1:].partition("]")
             if not bracket or (port and not port.startswith(":")):
-                raise ValueError(f"{entry!r} is not host, host:port or [IPv6 address]:port")
+                raise ValueError(f"entry {entry!r} is not host, host:port or [IPv6 address]:port")
             port = port[1:]
         elif entry.count(":") == 1:
             host, _, port = entry.partition(":")
         if not host or any(c.isspace() for c in host):
-            raise ValueError(f"{entry!r} is not host, host:port or [IPv6 address]:port")
+            raise ValueError(f"entry {entry!r} is not host, host:port or [IPv6 address]:port")
         if port:
             if not port.isdigit() or not 0 < int(port) < 65536:
-                raise ValueError(f"{entry!r}: the port must be a number from 1 to 65535")
+                raise ValueError(f"entry {entry!r}: the port must be a number from 1 to 65535")
             ports.add(int(port))
         hosts.append(host)
     if len(ports) > 1:
-        raise ValueError(f"every contact point must use the same port (found {', '.join(map(str, sorted(ports)))})")
+        raise ValueError(f"must all use one port (found {', '.join(map(str, sorted(ports)))})")
     return tuple(hosts), ports.pop() if ports else DEFAULT_PORT
 
 

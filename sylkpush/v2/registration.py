@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from sylkpush.dispatch import ApiError, Dispatcher
-from sylkpush.notification import ValidationError, parse_app_id, read_bool, read_string
+from sylkpush.notification import (UNSAFE_CHARACTERS, UNSAFE_RULE, ValidationError, check_strings, parse_app_id,
+                                   read_bool, read_string)
 from sylkpush.tokens import Device, normalize_device_id, split_account, split_token
 
 
@@ -28,8 +29,8 @@ def _invalid(exc: ValidationError) -> ApiError:
 
 
 def _printable(text: str, name: str) -> str:
-    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in text):
-        raise ValidationError(name, "must not contain control characters")
+    if UNSAFE_CHARACTERS.search(text) is not None:
+        raise ValidationError(name, UNSAFE_RULE)
     return text
 
 
@@ -104,6 +105,7 @@ def parse_removal(body: Any) -> Removal:
     if not isinstance(body, Mapping):
         raise ApiError(400, "request body must be a JSON object")
     try:
+        check_strings(body)
         return Removal(parse_app_id(body), _device_id(body))
     except ValidationError as exc:
         raise _invalid(exc) from None

@@ -53,14 +53,13 @@ class TokensResource(AnsweringResource):
             request.setHeader(b"allow", b", ".join(sorted(allowed)))
             method = request.method.decode("ascii", "replace")
             return write_json(request, 405, f"method {method} is not allowed on this path")
+        body = None
         try:
             username, domain = parse_account(path[0])
             body = self.read_body(request)
             return handler(request, username, domain, body, path[2:])
         except ApiError as exc:
-            log.info("refused request from %s to %s: %s %s", caller(request),
-                     request.path.decode("utf-8", "replace"), exc.code, exc.description)
-            return self._refuse(request, exc.code, exc.description, exc.data)
+            return self.refuse(request, exc, body)
 
     def register(self, request: server.Request, username: str, domain: str, body: Any, rest: List[bytes]) -> Any:
         device = parse_registration(body, username, domain, self.dispatcher)

@@ -1,0 +1,267 @@
+"""The API's connections: who may connect, how many, and how long a request may take.
+
+- An address outside ``allowed_hosts`` is answered 403 as soon as its
+  connection is accepted, before any of its request is read: a denied host
+  cannot hold a connection by sending slowly.
+- At most ``max_connections`` are open.  When a caller arrives at the limit,
+  room is made by closing, in this order: connections already refused (still
+  open for their caller to read the answer), idle ones (no request under way;
+  the longest idle first), then the one that has been sending its request the
+  longest.  A connection whose request is being answered is never closed for
+  room; when every one is, the newcomer is answered 503.
+- A request must arrive whole, headers and body, within ``request_timeout``
+  seconds of its first byte (Twisted's own idle timer restarts at every byte:
+  a caller sending a byte at a time could hold a connection for ever).  One
+  timer, set for the oldest request under way, enforces it for all.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any, Callable, Dict, Optional, Sequence, Set
+
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.web import http, server
+
+from sylkpush.web import ConnectionTracker, envelope
+
+log = logging.getLogger(__name__)
+
+#: seconds a refused or closed connection stays open for its caller to read the answer
+LINGER = 2.0
+#: descriptors left for everything but API connections (push services, logs, files)
+RESERVED_DESCRIPTORS = 256
+#: seconds between two warnings that the connection limit was reached
+WARN_INTERVAL = 60.0
+
+
+def answer_bytes(code: int, description: str) -> bytes:
+    """A whole HTTP/1.1 JSON answer that closes the connection, for callers
+    whose request is never read."""
+    body = envelope(code, description)
+    head = (f"HTTP/1.1 {code} {http.RESPONSES[code].decode('ascii')}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+FORBIDDEN = answer_bytes(403, "access denied by access list")
+NO_ROOM = answer_bytes(503, "too many connections: try again later")
+
+
+def address_allowed(host: str, networks: Sequence[Any]) -> bool:
+    """True when ``host`` (an address as text) is in one of ``networks``."""
+    try:
+        address = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if getattr(address, "ipv4_mapped", None):
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
+class RefusedConnection(Protocol):
+    """Writes its answer at once, drops whatever the caller sends, and closes
+    when the caller does or after :data:`LINGER` seconds (closing at once,
+    with the request unread, would reset the connection and could lose the
+    answer on its way)."""
+
+    def __init__(self, connections: "ApiConnections", answer: bytes) -> None:
+        self.connections = connections
+        self.answer = answer
+        self._timer: Any = None
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted's names)
+        self.connections.refused[self] = None
+        self.transport.write(self.answer)
+        self._timer = self.connections.reactor.callLater(LINGER, self.close)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        pass
+
+    def close(self) -> None:
+        self.connections.refused.pop(self, None)
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        self.connections.refused.pop(self, None)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+
+
+class ApiConnection(ProtocolWrapper):
+    """One API connection, knowing whether a request is under way on it.
+
+    The requests (:class:`sylkpush.web.ApiRequest`) report what happens to
+    them through ``request_started``, ``request_received`` and
+    ``request_finished``.
+    """
+
+    factory: "ApiConnections"
+    #: when the first byte of the request now arriving came (None: none is arriving)
+    receiving_since: Optional[float] = None
+    #: a request is received and not yet answered
+    answering = False
+    #: closed by us: whatever else arrives is dropped
+    closed = False
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's names)
+        if self.closed:
+            return
+        if self.receiving_since is None and not self.answering:
+            self.factory.receiving(self)
+        super().dataReceived(data)
+
+    def request_started(self) -> None:
+        """A request line was read (maybe from data buffered during the previous answer)."""
+        if self.receiving_since is None:
+            self.factory.receiving(self)
+
+    def request_received(self) -> None:
+        self.factory.answering(self)
+
+    def request_finished(self) -> None:
+        self.factory.idle(self)
+
+
+class ApiConnections(ConnectionTracker):
+    """The API site's factory: the access list, the connection limit and the
+    request deadline, applied to connections before HTTP is parsed."""
+
+    protocol = ApiConnection
+    noisy = False
+
+    def __init__(self, site: server.Site, reactor: Any, allowed: Sequence[Any] = (),
+                 limit: int = 4096, request_timeout: float = 10.0,
+                 refused: Callable[[int], None] = lambda code: None) -> None:
+        super().__init__(site)
+        self.reactor = reactor
+        self.allowed = tuple(allowed)
+        self.limit = limit
+        self.request_timeout = request_timeout
+        self.on_refused = refused
+        #: answered and closing on their own, oldest first
+        self.refused: Dict[RefusedConnection, None] = {}
+        # each open connection is in at most one of these, oldest first
+        self._idle: Dict[ApiConnection, None] = {}
+        self._receiving: Dict[ApiConnection, None] = {}
+        self._closing: Set[ApiConnection] = set()
+        self._aborts: Dict[ApiConnection, Any] = {}
+        self._deadline_timer: Any = None
+        self._stopped = False
+        self._made_room = 0
+        self._warned_at: Optional[float] = None
+
+    # -- accepting ------------------------------------------------------------------
+
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 (Twisted's names)
+        host = getattr(addr, "host", str(addr))
+        if self.allowed and not address_allowed(host, self.allowed):
+            log.info("refused connection from %s: 403 not in allowed_hosts", host)
+            self.on_refused(403)
+            return RefusedConnection(self, FORBIDDEN)
+        if self.open_connections() >= self.limit and not self._make_room():
+            log.info("refused connection from %s: 503 all %d connections are answering requests", host, self.limit)
+            self.on_refused(503)
+            return RefusedConnection(self, NO_ROOM)
+        return super().buildProtocol(addr)
+
+    def open_connections(self) -> int:
+        """Connections that count toward the limit (those being closed do not)."""
+        return len(self.protocols) - len(self._closing) + len(self.refused)
+
+    def _make_room(self) -> bool:
+        if self.refused:
+            next(iter(self.refused)).close()
+        elif self._idle:
+            self._close(next(iter(self._idle)))
+        elif self._receiving:
+            self._close(next(iter(self._receiving)), answer_bytes(503, "closed to make room for other callers"))
+        else:
+            return False
+        self._made_room += 1
+        now = self.reactor.seconds()
+        if self._warned_at is None or now - self._warned_at >= WARN_INTERVAL:
+            log.warning("%d API connections open, the limit (max_connections): %d closed to make room "
+                        "since the last warning, idle ones first", self.limit, self._made_room)
+            self._warned_at = now
+            self._made_room = 0
+        return True
+
+    def _close(self, connection: ApiConnection, answer: bytes = b"") -> None:
+        self._idle.pop(connection, None)
+        self._receiving.pop(connection, None)
+        self._closing.add(connection)
+        connection.closed = True
+        # a caller that reads nothing keeps its connection past loseConnection
+        self._aborts[connection] = self.reactor.callLater(LINGER, connection.transport.abortConnection)
+        if answer:
+            connection.write(answer)
+        connection.loseConnection()
+
+    # -- the state of each connection ---------------------------------------------------
+
+    def registerProtocol(self, p: Any) -> None:  # noqa: N802
+        super().registerProtocol(p)
+        self._idle[p] = None
+
+    def unregisterProtocol(self, p: Any) -> None:  # noqa: N802
+        self._idle.pop(p, None)
+        self._receiving.pop(p, None)
+        self._closing.discard(p)
+        abort = self._aborts.pop(p, None)
+        if abort is not None and abort.active():
+            abort.cancel()
+        super().unregisterProtocol(p)
+
+    def receiving(self, connection: ApiConnection) -> None:
+        if connection.closed:
+            return
+        self._idle.pop(connection, None)
+        connection.receiving_since = self.reactor.seconds()
+        self._receiving[connection] = None
+        if self._deadline_timer is None and not self._stopped:
+            self._deadline_timer = self.reactor.callLater(self.request_timeout, self._enforce_deadline)
+
+    def answering(self, connection: ApiConnection) -> None:
+        connection.receiving_since = None
+        connection.answering = True
+        self._receiving.pop(connection, None)
+
+    def idle(self, connection: ApiConnection) -> None:
+        connection.answering = False
+        if connection.closed or connection.receiving_since is not None:
+            return
+        self._idle.pop(connection, None)  # to the end: the longest idle stay first
+        self._idle[connection] = None
+
+    def _enforce_deadline(self) -> None:
+        self._deadline_timer = None
+        now = self.reactor.seconds()
+        for connection in list(self._receiving):
+            if connection.receiving_since + self.request_timeout > now:
+                break
+            log.info("closed connection from %s: 408 its request did not arrive whole within %g s",
+                     connection.getPeer().host, self.request_timeout)
+            self.on_refused(408)
+            self._close(connection, answer_bytes(
+                408, f"the request did not arrive whole within {self.request_timeout:g} s"))
+        if self._receiving and not self._stopped:
+            oldest = next(iter(self._receiving)).receiving_since
+            self._deadline_timer = self.reactor.callLater(max(0.0, oldest + self.request_timeout - now),
+                                                          self._enforce_deadline)
+
+    def close_all(self) -> Any:
+        """Close every connection, refused ones included (see ConnectionTracker.close_all)."""
+        for refused in list(self.refused):
+            refused.close()
+        return super().close_all()
+
+    def stopFactory(self) -> None:  # noqa: N802
+        """The port stopped listening: the server is stopping, and closes what is left itself."""
+        super().stopFactory()
+        self._stopped = True
+        if self._deadline_timer is not None and self._deadline_timer.active():
+            self._deadline_timer.cancel()
+        self._deadline_timer = None
