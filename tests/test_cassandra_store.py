@@ -264,6 +264,7 @@ class NodeIdentityTests(unittest.TestCase):
 
     def check(self, names, address, by_address=None):
         from OpenSSL import crypto
+        capture_logs(self)
         ca = CertificateAuthority()
         issued = ca.issue(names[0], server_names=names)
         certificate = crypto.load_certificate(crypto.FILETYPE_PEM, issued.cert_pem)
@@ -294,9 +295,12 @@ class UnreachableClusterTests(unittest.TestCase):
     skip = DRIVER_MISSING or None
     suppress = [TWISTED_LOOP_DEPRECATED]
 
+    def setUp(self):
+        self.logs = capture_logs(self, names=("sylkpush", "cassandra"))
+
     @defer.inlineCallbacks
     def test_requests_fail_at_once_and_connecting_is_tried_again(self):
-        logs = capture_logs(self)
+        logs = self.logs
         clock = task.Clock()
         store = make_store(self, CassandraSettings(contact_points=("127.0.0.1",), port=closed_port()), clock=clock)
         waiting = store.devices("alice", "example.com")  # asked before open: waits for the first attempt
@@ -323,7 +327,7 @@ class UnreachableClusterTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_the_driver_s_connection_tracebacks_become_our_one_line(self):
-        logs = capture_logs(self, names=("sylkpush", "cassandra"))
+        logs = self.logs
         store = make_store(self, CassandraSettings(contact_points=("127.0.0.1",), port=closed_port()))
         yield self.assertFailure(store.open(), StorageUnavailable)
         self.assertEqual([line for line in logs.lines if "Traceback" in line], [])
@@ -381,6 +385,7 @@ class OutageTests(NodeTestCase):
 
     @defer.inlineCallbacks
     def setUp(self):
+        self.logs = capture_logs(self)
         yield self.connect_shared()
         host, _, port = os.environ["SYLKPUSH_CASSANDRA"].rpartition(":")
         self.proxy = TCPProxy(reactor, host, int(port))
@@ -393,7 +398,7 @@ class OutageTests(NodeTestCase):
 
     @defer.inlineCallbacks
     def test_a_stopped_node_then_back(self):
-        logs = capture_logs(self)
+        logs = self.logs
         yield self.proxy.cut()
         failure = yield self.assertFailure(self.store.devices("alice", self.domain), StorageUnavailable)
         self.assertIn("Cassandra", str(failure))
