@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from sylkpush.config_keys import application_warnings, general_warnings
 from sylkpush.expiry import pem_file_not_after
 from sylkpush.notification import PLATFORM_ALIASES
+from sylkpush.tokens.cassandra_cluster import DEFAULT_PORT, parse_contact_points
+from sylkpush.tokens.cassandra_schema import DEFAULT_KEYSPACE, DEFAULT_TABLE, check_identifier
 
 DEFAULT_CONFIG_DIRS = ("/etc/sylk-pushserver", "./config")
 #: every interface, as the original sylk-pushserver (see sylkpush.exposure)
@@ -191,10 +193,19 @@ def find_config_dir(explicit: Optional[str]) -> str:
 
 @dataclass(frozen=True)
 class CassandraSettings:
+    """[Cassandra]: the cluster that holds the v2 tokens (none: SQLite in spool_dir)."""
+
     contact_points: Tuple[str, ...] = ()
-    keyspace: str = ""
-    table: str = ""
+    port: int = DEFAULT_PORT
+    keyspace: str = DEFAULT_KEYSPACE
+    table: str = DEFAULT_TABLE
     debug: bool = False
+    username: str = ""
+    password: str = field(default="", repr=False)
+    #: CA bundle the nodes' certificates must lead to; set, connections use TLS
+    ca_file: str = ""
+    #: datacenter whose nodes serve the requests (default: the contact points')
+    local_dc: str = ""
 
 
 @dataclass(frozen=True)
@@ -263,7 +274,6 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
             raise ConfigFileError(f"{where}: [{section}] {key} {exc.rule}") from None
 
     file_debug = setting("server", "debug", "false", _bool)
-    contact_points = tuple(p.strip() for p in get("Cassandra", "cluster_contact_points", "").split(",") if p.strip())
     return Settings(
         config_dir=config_dir,
         host=host or get("server", "host", DEFAULT_HOST) or DEFAULT_HOST,
@@ -284,14 +294,43 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
         credentials_folder=get("applications", "credentials_folder", "credentials"),
         extra_applications_dir=get("applications", "extra_applications_dir", "applications/"),
         extra_pns_dir=get("applications", "extra_pns_dir", "pns/"),
-        cassandra=CassandraSettings(
-            contact_points=contact_points,
-            keyspace=get("Cassandra", "keyspace", ""),
-            table=get("Cassandra", "table", ""),
-            debug=setting("Cassandra", "debug", "false", _bool),
-        ),
+        cassandra=_cassandra_settings(setting, get, general),
         config_warnings=tuple(general_warnings(general, parser)),
     )
+
+
+def _cassandra_settings(setting: Callable[..., Any], get: Callable[[str, str, str], str],
+                        general: str) -> CassandraSettings:
+    contact_points, port = setting("Cassandra", "cluster_contact_points", "", _contact_points)
+    username, password = get("Cassandra", "username", ""), get("Cassandra", "password", "")
+    if bool(username) != bool(password):
+        raise ConfigFileError(f"{general}: [Cassandra] username and password go together")
+    return CassandraSettings(
+        contact_points=contact_points, port=port,
+        keyspace=setting("Cassandra", "keyspace", "", lambda value: _identifier(value or DEFAULT_KEYSPACE)),
+        table=setting("Cassandra", "table", "", lambda value: _identifier(value or DEFAULT_TABLE)),
+        debug=setting("Cassandra", "debug", "false", _bool),
+        username=username, password=password, ca_file=get("Cassandra", "ca_file", ""),
+        local_dc=get("Cassandra", "local_dc", ""))
+
+
+def _contact_points(value: str) -> Tuple[Tuple[str, ...], int]:
+    # the entries are addresses, not secrets: errors may name them
+    try:
+        hosts, port = parse_contact_points(value)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
+    for host in hosts:
+        if not valid_host(host):
+            raise SettingError(f"entry {host!r} is not a host name or IP address")
+    return hosts, port
+
+
+def _identifier(value: str) -> str:
+    try:
+        return check_identifier(value, "")
+    except ValueError:
+        raise SettingError("must be a letter followed by letters, digits or '_'") from None
 
 
 @dataclass(frozen=True)

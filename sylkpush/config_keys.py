@@ -22,7 +22,8 @@ GENERAL_KEYS: Dict[str, FrozenSet[str]] = {
                          "log_file", "spool_dir", "debug", "debug_hpack", "max_connections", "request_timeout"}),
     "applications": frozenset({"config_file", "credentials_folder", "extra_applications_dir", "extra_pns_dir"}),
     "api": frozenset({"keys_file"}),
-    "Cassandra": frozenset({"cluster_contact_points", "keyspace", "table", "debug"}),
+    "Cassandra": frozenset({"cluster_contact_points", "keyspace", "table", "debug", "username", "password",
+                            "ca_file", "local_dc"}),
 }
 
 #: applications.ini: the keys of every section
