@@ -6,6 +6,7 @@
 #   make test-cassandra   start a one-node Apache Cassandra (Java, Maven) and run the Cassandra tests on both
 #   make bench  throughput, added latency and memory against the fakes, and v2 registrations and
 #               account pushes per second (installs wrk; PROFILE=1: py-spy)
+#   make bench-v2-cassandra   the v2 figures with SQLite, then with a one-node Cassandra
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 #   make sip-deps   Kamailio and SIPp, for the test that drives config/kamailio.cfg
 #   make deb    build the Debian package (source and binary) into build/deb, then lintian
@@ -21,7 +22,7 @@ DEBIAN_PACKAGES := python3-twisted python3-treq python3-h2 python3-jwt python3-g
 SIP_PACKAGES := kamailio kamailio-utils-modules kamailio-extra-modules sip-tester
 TESTS ?= tests
 
-.PHONY: run test test-debian debian-deps sip-deps cassandra-deps test-cassandra deb bench soak clean
+.PHONY: run test test-debian debian-deps sip-deps cassandra-deps test-cassandra deb bench bench-v2-cassandra soak clean
 
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -58,9 +59,9 @@ test-debian: debian-deps
 	PYTHONPATH=. /usr/bin/python3 -m twisted.trial $(TESTS)
 
 # make test-cassandra CASSANDRA_NODE="--heap 768M --auth none"
-# The node (tests/cassandra/node) runs with PasswordAuthenticator by default.
-CASSANDRA_TESTS ?= tests.test_cassandra_schema
-CASSANDRA_NODE ?= --auth password
+# The node (tests/cassandra/node) runs with PasswordAuthenticator and optional TLS by default.
+CASSANDRA_TESTS ?= tests.test_cassandra_schema tests.test_cassandra_store tests.test_cassandra_daemons
+CASSANDRA_NODE ?= --auth password --tls optional
 
 cassandra-deps:
 	@command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1 || { \
@@ -105,6 +106,13 @@ bench: $(STAMP)
 	PYTHONPATH=. $(VPY) scripts/bench --duration $(DURATION) --latencies $(LATENCIES) --rates $(RATES) \
 	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) --workers $(WORKERS) \
 	  $(if $(PROFILE),--profile) $(if $(AGAINST),--against $(AGAINST)) $(BENCH_ARGS)
+
+# the v2 lines only, with SQLite and then with a one-node Cassandra started for them
+bench-v2-cassandra: $(STAMP) cassandra-deps
+	@command -v wrk >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	/usr/bin/python3 tests/cassandra/node run -- sh -c 'PYTHONPATH=. $(VPY) scripts/bench --duration $(DURATION) \
+	  --latencies "" --fixed-rate 0 --queued 0 --platforms $(PLATFORMS) --cassandra $$SYLKPUSH_CASSANDRA $(BENCH_ARGS)'
 
 # make soak SOAK_DURATION=120 FAULT_EVERY=3 PLATFORMS=apple,firebase
 # make soak SOAK_ARGS="--fail-all 500"   (APNs answers 500 to everything; callers keep coming)

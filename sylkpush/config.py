@@ -11,17 +11,20 @@ credential pasted into the wrong place must not end up in a log.
 from __future__ import annotations
 
 import configparser
+import hashlib
 import ipaddress
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from sylkpush.config_keys import application_warnings, general_warnings
 from sylkpush.expiry import pem_file_not_after
 from sylkpush.notification import PLATFORM_ALIASES
+from sylkpush.tokens.cassandra_cluster import DEFAULT_PORT, parse_contact_points
+from sylkpush.tokens.cassandra_schema import DEFAULT_KEYSPACE, DEFAULT_TABLE, check_identifier
 
 DEFAULT_CONFIG_DIRS = ("/etc/sylk-pushserver", "./config")
 #: every interface, as the original sylk-pushserver (see sylkpush.exposure)
@@ -203,10 +206,19 @@ def find_config_dir(explicit: Optional[str]) -> str:
 
 @dataclass(frozen=True)
 class CassandraSettings:
+    """[Cassandra]: the cluster that holds the v2 tokens (none: SQLite in spool_dir)."""
+
     contact_points: Tuple[str, ...] = ()
-    keyspace: str = ""
-    table: str = ""
+    port: int = DEFAULT_PORT
+    keyspace: str = DEFAULT_KEYSPACE
+    table: str = DEFAULT_TABLE
     debug: bool = False
+    username: str = ""
+    password: str = field(default="", repr=False)
+    #: CA bundle the nodes' certificates must lead to; set, connections use TLS
+    ca_file: str = ""
+    #: datacenter whose nodes serve the requests (default: the contact points')
+    local_dc: str = ""
 
 
 @dataclass(frozen=True)
@@ -277,7 +289,6 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
             raise ConfigFileError(f"{where}: [{section}] {key} {exc.rule}") from None
 
     file_debug = setting("server", "debug", "false", _bool)
-    contact_points = tuple(p.strip() for p in get("Cassandra", "cluster_contact_points", "").split(",") if p.strip())
     return Settings(
         config_dir=config_dir,
         host=host or get("server", "host", DEFAULT_HOST) or DEFAULT_HOST,
@@ -299,14 +310,43 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
         credentials_folder=get("applications", "credentials_folder", "credentials"),
         extra_applications_dir=get("applications", "extra_applications_dir", "applications/"),
         extra_pns_dir=get("applications", "extra_pns_dir", "pns/"),
-        cassandra=CassandraSettings(
-            contact_points=contact_points,
-            keyspace=get("Cassandra", "keyspace", ""),
-            table=get("Cassandra", "table", ""),
-            debug=setting("Cassandra", "debug", "false", _bool),
-        ),
+        cassandra=_cassandra_settings(setting, get, general),
         config_warnings=tuple(general_warnings(general, parser)),
     )
+
+
+def _cassandra_settings(setting: Callable[..., Any], get: Callable[[str, str, str], str],
+                        general: str) -> CassandraSettings:
+    contact_points, port = setting("Cassandra", "cluster_contact_points", "", _contact_points)
+    username, password = get("Cassandra", "username", ""), get("Cassandra", "password", "")
+    if bool(username) != bool(password):
+        raise ConfigFileError(f"{general}: [Cassandra] username and password go together")
+    return CassandraSettings(
+        contact_points=contact_points, port=port,
+        keyspace=setting("Cassandra", "keyspace", "", lambda value: _identifier(value or DEFAULT_KEYSPACE)),
+        table=setting("Cassandra", "table", "", lambda value: _identifier(value or DEFAULT_TABLE)),
+        debug=setting("Cassandra", "debug", "false", _bool),
+        username=username, password=password, ca_file=get("Cassandra", "ca_file", ""),
+        local_dc=get("Cassandra", "local_dc", ""))
+
+
+def _contact_points(value: str) -> Tuple[Tuple[str, ...], int]:
+    # the entries are addresses, not secrets: errors may name them
+    try:
+        hosts, port = parse_contact_points(value)
+    except ValueError as exc:
+        raise SettingError(str(exc)) from None
+    for host in hosts:
+        if not valid_host(host):
+            raise SettingError(f"entry {host!r} is not a host name or IP address")
+    return hosts, port
+
+
+def _identifier(value: str) -> str:
+    try:
+        return check_identifier(value, "")
+    except ValueError:
+        raise SettingError("must be a letter followed by letters, digits or '_'") from None
 
 
 @dataclass(frozen=True)
@@ -320,7 +360,7 @@ class AppConfig:
     # Apple
     apple_certificate: str = ""
     #: notAfter of apple_certificate (seconds since the epoch), read with the
-    #: configuration; a renewed certificate thus makes the section "changed"
+    #: configuration
     apple_certificate_not_after: Optional[float] = None
     apple_key: str = ""
     key_id: str = ""
@@ -341,6 +381,9 @@ class AppConfig:
     log_remote_key: str = ""
     #: every key of the section as written, for custom modules
     options: Tuple[Tuple[str, str], ...] = ()
+    #: digest of the contents of the files the section names (see
+    #: :func:`files_digest`): a file replaced in place makes the section "changed"
+    files_digest: str = ""
 
     @property
     def key(self) -> Tuple[str, str]:
@@ -435,26 +478,57 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         remote_timeout = _seconds(values.get("log_remote_timeout", "").strip() or "2")
     except SettingError as exc:
         raise SettingError(exc.rule, "log_remote_timeout") from None
-    apple_certificate = credential("apple_certificate")
+    files = {"apple_certificate": credential("apple_certificate"), "apple_key": credential("apple_key"),
+             "firebase_authorization_file": credential("firebase_authorization_file"),
+             "tls_ca_file": credential("tls_ca_file")}
+    apple_certificate = files["apple_certificate"]
     return AppConfig(
         section=section, app_id=app_id, app_type=app_type, platform=platform,
         apple_certificate=apple_certificate,
         apple_certificate_not_after=pem_file_not_after(apple_certificate) if apple_certificate else None,
-        apple_key=credential("apple_key"),
+        apple_key=files["apple_key"],
         key_id=values.get("key_id", "").strip(),
         team_id=values.get("team_id", "").strip(),
         apple_host=host, apple_port=port,
         voip=_bool(values.get("voip", "false"), "voip"),
         apple_apns_id=_bool(values.get("apple_apns_id", "false"), "apple_apns_id"),
         firebase_push_url=firebase_url,
-        firebase_authorization_file=credential("firebase_authorization_file"),
+        firebase_authorization_file=files["firebase_authorization_file"],
         firebase_authorization_key=values.get("firebase_authorization_key", "").strip(),
-        tls_ca_file=credential("tls_ca_file"),
+        tls_ca_file=files["tls_ca_file"],
         log_remote_urls=remote_urls,
         log_remote_timeout=remote_timeout,
         log_remote_key=values.get("log_remote_key", "").strip(),
         options=tuple(sorted(values.items())),
+        files_digest=files_digest(files_named(settings, values, files)),
     )
+
+
+def files_named(settings: Settings, values: Dict[str, str], credentials: Dict[str, str]) -> List[str]:
+    """The files a section names: its credentials, and any other ``*_file``
+    key naming an existing file (custom push services read those)."""
+    paths = [path for path in credentials.values() if path]
+    for key, value in sorted(values.items()):
+        if key.endswith("_file") and key not in credentials and value.strip():
+            path = settings.credential(value.strip())
+            if os.path.isfile(path):
+                paths.append(path)
+    return paths
+
+
+def files_digest(paths: Sequence[str]) -> str:
+    """SHA-256 over the names and contents of ``paths`` (a file that cannot
+    be read counts as empty: the client that loads it says why)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            with open(path, "rb") as stream:
+                content = stream.read()
+        except OSError:
+            content = b""
+        digest.update(f"{path}\0{len(content)}\0".encode("utf-8", "surrogateescape"))
+        digest.update(content)
+    return digest.hexdigest()
 
 
 def load_applications(settings: Settings) -> Tuple[List[AppConfig], List[Tuple[str, str]]]:

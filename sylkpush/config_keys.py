@@ -23,7 +23,8 @@ GENERAL_KEYS: Dict[str, FrozenSet[str]] = {
                          "workers"}),
     "applications": frozenset({"config_file", "credentials_folder", "extra_applications_dir", "extra_pns_dir"}),
     "api": frozenset({"keys_file"}),
-    "Cassandra": frozenset({"cluster_contact_points", "keyspace", "table", "debug"}),
+    "Cassandra": frozenset({"cluster_contact_points", "keyspace", "table", "debug", "username", "password",
+                            "ca_file", "local_dc"}),
 }
 
 #: applications.ini: the keys of every section

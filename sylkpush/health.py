@@ -2,8 +2,10 @@
 
 The answer is the usual JSON envelope; ``data`` maps each application
 (``<platform>/<app_id>``) to its client's ``status()`` plus ``up``.  An
-application is up when its client reports one of :data:`UP_STATES`; an
-application whose push-service code could not be loaded is down.  The HTTP
+application is up when its client reports one of :data:`UP_STATES` (a
+client on the delivery engine reports ``failing`` once its attempts keep
+failing, whatever its connections say); an application whose push-service
+code could not be loaded is down.  The HTTP
 status is 200 when at least one application is up, and 503 when none is
 configured or all are down, so a load balancer stops sending wake-ups to a
 server that cannot deliver any.

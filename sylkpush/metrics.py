@@ -4,7 +4,9 @@ Each server has its own :class:`~prometheus_client.CollectorRegistry` (never
 the process-wide default), so several servers in one process (the tests) do
 not mix their numbers.  Counters are fed by the dispatcher's observers; the
 state of the push clients (queue depth, reconnects, token refreshes) is read
-from their ``status()`` at scrape time, so the clients need no metrics code.
+from their ``status()`` at scrape time, and the record of results of those
+on the delivery engine from its attributes, so the clients need no metrics
+code.
 
 With several workers (:mod:`sylkpush.workers`) a scrape reaches one of them
 and must show them all: prometheus-client's multiprocess mode keeps every
@@ -31,6 +33,7 @@ from twisted.web import server
 
 from sylkpush.dispatch import Dispatcher, PreparedPush
 from sylkpush.pns.base import PushResult
+from sylkpush.pns.engine import DeliveryClient
 from sylkpush.registry import AppRegistry
 from sylkpush.web import JsonResource
 
@@ -50,12 +53,32 @@ STATE = (("sylkpush_queued", "Pushes waiting in the application's queue", "queue
 UP = ("sylkpush_application_up", "1 when the application can deliver now")
 COUNTS = (("sylkpush_reconnects", "Connections re-opened to the push service", "reconnects"),
           ("sylkpush_token_refreshes", "Authentication tokens (JWT, OAuth) renewed", "token_refreshes"))
+#: the record of results the delivery engine keeps: name, help, attribute,
+#: and how several workers' values make one (the latest, the worst)
+RECORD = (("sylkpush_last_success_timestamp_seconds",
+           "When the push service last answered a push (not 5xx, 401, 403), seconds since the epoch",
+           "last_success", "livemax"),
+          ("sylkpush_last_failure_timestamp_seconds",
+           "When an attempt or a connect last failed, seconds since the epoch", "last_failure", "livemax"),
+          ("sylkpush_consecutive_failures", "Attempts failed since the push service last answered a push",
+           "consecutive_failures", "livemax"),
+          ("sylkpush_consecutive_connect_failures", "Connects failed since a connection was last ready",
+           "connect_failures", "livemax"))
 
 
-def _application_states(registry: AppRegistry) -> Iterable[Tuple[Tuple[str, str], Dict[str, Any]]]:
+def _application_states(registry: AppRegistry) -> Iterable[Tuple[Tuple[str, str], Dict[str, Any], Any]]:
+    """(labels, status, client) of each application."""
     from sylkpush.health import application_status  # health imports web, as we do
     for app in registry:
-        yield (app.config.app_id, app.config.platform), application_status(app)
+        yield (app.config.app_id, app.config.platform), application_status(app), app.client
+
+
+def _recorded(client: Any, attribute: str) -> Optional[float]:
+    """One figure of the record of results (None: not known, or not a client on the engine)."""
+    if not isinstance(client, DeliveryClient):
+        return None
+    value = getattr(client, attribute)
+    return None if value is None else float(value)
 
 
 class ClientStatusCollector:
@@ -68,19 +91,25 @@ class ClientStatusCollector:
         gauges = [GaugeMetricFamily(name, text, labels=LABELS) for name, text, _ in STATE]
         up = GaugeMetricFamily(*UP, labels=LABELS)
         counters = [CounterMetricFamily(name, text, labels=LABELS) for name, text, _ in COUNTS]
-        for values, status in _application_states(self._registry()):
+        record = [GaugeMetricFamily(name, text, labels=LABELS) for name, text, _, _ in RECORD]
+        for values, status, client in _application_states(self._registry()):
             for family, (_, _, key) in zip(gauges, STATE):
                 family.add_metric(values, _number(status.get(key)))
             up.add_metric(values, 1.0 if status["up"] else 0.0)
             for family, (_, _, key) in zip(counters, COUNTS):
                 family.add_metric(values, _number(status.get(key)))
-        return gauges + [up] + counters
+            for family, (_, _, attribute, _) in zip(record, RECORD):
+                value = _recorded(client, attribute)
+                if value is not None:
+                    family.add_metric(values, value)
+        return gauges + [up] + counters + record
 
 
 class SummedClientStatus:
     """What ClientStatusCollector reports, in metrics that add up over the
-    workers: gauges summed over the live workers (``up``: their minimum),
-    and counters fed with what each worker's counts grew by."""
+    workers: gauges summed over the live workers (``up``: their minimum;
+    the record of results: the latest or the worst), and counters fed with
+    what each worker's counts grew by."""
 
     def __init__(self, registry: Callable[[], AppRegistry]) -> None:
         self._registry = registry
@@ -88,13 +117,15 @@ class SummedClientStatus:
                        for name, text, _ in STATE]
         self.up = Gauge(*UP, LABELS, registry=None, multiprocess_mode="livemin")
         self.counters = [Counter(name, text, LABELS, registry=None) for name, text, _ in COUNTS]
+        self.record = [Gauge(name, text, LABELS, registry=None, multiprocess_mode=mode)
+                       for name, text, _, mode in RECORD]
         #: (labels, status key) -> the count last added
         self._counted: Dict[Tuple[Tuple[str, str], str], float] = {}
         self._seen: set = set()
 
     def refresh(self) -> None:
         seen = set()
-        for values, status in _application_states(self._registry()):
+        for values, status, client in _application_states(self._registry()):
             seen.add(values)
             for gauge, (_, _, key) in zip(self.gauges, STATE):
                 gauge.labels(*values).set(_number(status.get(key)))
@@ -108,6 +139,10 @@ class SummedClientStatus:
                 if grown > 0:
                     child.inc(grown)
                 self._counted[(values, key)] = count
+            for gauge, (_, _, attribute, _) in zip(self.record, RECORD):
+                value = _recorded(client, attribute)
+                if value is not None:
+                    gauge.labels(*values).set(value)
         for values in self._seen - seen:  # removed by a reload: nothing waits there any more
             for gauge in self.gauges:
                 gauge.labels(*values).set(0.0)

@@ -92,7 +92,13 @@ def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: An
     one only.  An application whose push-service code cannot be loaded stays
     in, without a client, so its requests get a 503 that says why.  With
     ``previous`` (a reload), an application whose settings are unchanged
-    keeps its running client, so its connections survive the reload.
+    (the contents of the files it names included) keeps its running client,
+    so its connections survive the reload.
+
+    Building reads key files, parses keys and imports custom modules: a
+    reload runs it in a thread (see :mod:`sylkpush.service`), so nothing here
+    may schedule a timer or connect; ``start()`` does that, on the reactor
+    thread.
     """
     apps: List[Application] = []
     problems: List[Tuple[str, str]] = []
@@ -185,19 +191,19 @@ class Rebuild:
     kept: List[str]
 
 
-def rebuild_registry(settings: Settings, configs: Iterable[AppConfig], problems: Iterable[Tuple[str, str]],
-                     previous: AppRegistry, reactor: Any,
-                     find_client: ClientClassFinder = default_client_class,
-                     find_renderers: RendererFinder = default_renderers) -> Rebuild:
-    """The registry for a reloaded applications.ini, its new clients started.
+def rebuild_registry(built: Tuple[AppRegistry, List[Tuple[str, str]]], problems: Iterable[Tuple[str, str]],
+                     previous: AppRegistry) -> Rebuild:
+    """The registry for a reloaded applications.ini, from what
+    :func:`build_registry` made of it with ``previous``; its new clients are
+    started here, on the reactor thread.
 
     Unchanged applications keep their clients; a section whose new settings
     are broken (or whose new client fails to start) keeps its previous
-    application (SPEC §10: "the previous working settings stay active"),
-    unless another section now owns its key; a section that was removed from
-    the file is removed.
+    application (the previous working settings stay active), unless another
+    section now owns its key; a section that was removed from the file is
+    removed.
     """
-    registry, more = build_registry(settings, configs, reactor, find_client, find_renderers, previous)
+    registry, more = built
     registry, failed = start_clients(registry, previous)
     problems = list(problems) + more + failed
     apps = {app.config.key: app for app in registry}
@@ -219,7 +225,14 @@ def rebuild_registry(settings: Settings, configs: Iterable[AppConfig], problems:
     return Rebuild(registry, added, retired, problems, kept)
 
 
-def log_problems(problems: Iterable[Tuple[str, str]]) -> None:
-    """One ERROR line per application left out, naming section and reason."""
+def log_problems(problems: Iterable[Tuple[str, str]], kept: Iterable[str] = ()) -> None:
+    """One line per section with a problem, naming it and the reason: an
+    ERROR for an application left out, a WARNING for one of ``kept``, whose
+    previous working settings stay active."""
+    kept = set(kept)
     for section, reason in problems:
-        log.error("application [%s] disabled: %s", section, reason)
+        if section in kept:
+            log.warning("application [%s]: new settings not applied, its previous working settings stay "
+                        "active: %s", section, reason)
+        else:
+            log.error("application [%s] disabled: %s", section, reason)

@@ -18,9 +18,10 @@ from typing import Any, Dict, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 
 from sylkpush.dispatch import PreparedPush
+from sylkpush.http_pool import connection_pool
 from sylkpush.pns.base import PushResult
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,7 @@ class RemoteLogger:
         self.server_ip = server_ip
         self.max_concurrent = max_concurrent
         self.debug = debug
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 4
+        self.pool = connection_pool(reactor, per_host=4)
         self.http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
         self.in_flight = 0
         self.dropped = 0

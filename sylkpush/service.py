@@ -277,11 +277,15 @@ class PushServer(service.Service):
             return False
         if not self.running:
             return False
-        previous = self.registry
-        rebuild = rebuild_registry(self.settings, configs, problems, previous, self.reactor, self.find_client)
-        log_problems(rebuild.problems)
-        for section in rebuild.kept:
-            log.warning("application [%s]: its previous working settings stay active", section)
+        previous = self.registry  # only reloads change it, and they never overlap
+        # key files, CA bundles, RSA keys, custom modules: read and parsed in a
+        # thread; the finished clients are started on the reactor thread
+        built = await deferToThread(build_registry, self.settings, configs, self.reactor, self.find_client,
+                                    previous=previous)
+        if not self.running:
+            return False
+        rebuild = rebuild_registry(built, problems, previous)
+        log_problems(rebuild.problems, rebuild.kept)
         # one assignment: a request sees either the old or the new registry, whole
         self.registry = rebuild.registry
         self.reloads += 1

@@ -55,8 +55,11 @@ class BackoffTests(TestCase):
             self.assertGreaterEqual(gap, expected * 0.75 - 0.011, gaps)
             self.assertLessEqual(gap, expected + 0.011, gaps)
         self.assertEqual(self.client.status()["reconnects"], len(times))
-        self.assertEqual(self.client.status()["state"], "disconnected")
-        self.assertIn("nobody listens", self.client.status()["last_error"])
+        self.assertEqual(self.client.connection_status()["state"], "disconnected")
+        status = self.client.status()
+        self.assertEqual((status["state"], status["connect_failures"]), ("failing", len(times)))
+        self.assertIn("nobody listens", status["last_error"])
+        self.assertEqual(status["last_failure_reason"], status["last_error"])
 
     def test_queued_push_answered_503_at_its_deadline(self):
         answered = self.client.send(make_push(self.clock, deadline_in=64))

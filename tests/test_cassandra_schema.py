@@ -14,8 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial import unittest
 
-from sylkpush import cassandra_async
-from sylkpush.cassandra_schema import (DEFAULT_TABLE, DEVICES_TABLE, check_identifier, schema_cql,
+from sylkpush.tokens import cassandra_async
+from sylkpush.tokens.cassandra_schema import (DEFAULT_TABLE, DEVICES_TABLE, check_identifier, schema_cql,
                                        schema_statements)
 
 from .cassandra_node import PASSWORD, USERNAME, NodeTestCase
@@ -54,7 +54,7 @@ class ShippedSchemaTests(unittest.TestCase):
     def test_shipped_file_is_the_default_rendering(self) -> None:
         with open(os.path.join(ROOT, "resources", "cassandra-schema.cql"), encoding="utf-8") as stream:
             shipped = stream.read()
-        self.assertEqual(shipped, schema_cql(), "regenerate it: python3 -m sylkpush.cassandra_schema "
+        self.assertEqual(shipped, schema_cql(), "regenerate it: python3 -m sylkpush.tokens.cassandra_schema "
                                                 "> resources/cassandra-schema.cql")
 
     def test_statements_name_the_configured_keyspace_and_table(self) -> None:

@@ -47,6 +47,34 @@ class SettingsTests(unittest.TestCase):
         overridden = load_settings(directory, host="127.0.0.2", port=9100, debug=False)
         self.assertEqual((overridden.host, overridden.port, overridden.debug), ("127.0.0.2", 9100, False))
 
+    def test_cassandra(self):
+        settings = load_settings(make_config_dir("", "[Cassandra]\ncluster_contact_points = db1:9142, [2001:db8::7]:9142,"
+                                                     " 10.0.0.3\nusername = pusher\npassword = s3cret\n"
+                                                     "ca_file = cassandra-ca.pem\nlocal_dc = dc2\ndebug = yes\n"))
+        cassandra = settings.cassandra
+        self.assertEqual((cassandra.contact_points, cassandra.port), (("db1", "2001:db8::7", "10.0.0.3"), 9142))
+        self.assertEqual((cassandra.keyspace, cassandra.table), ("sylk_pushserver", "push_tokens"))
+        self.assertEqual((cassandra.username, cassandra.password, cassandra.ca_file, cassandra.local_dc,
+                          cassandra.debug), ("pusher", "s3cret", "cassandra-ca.pem", "dc2", True))
+        self.assertNotIn("s3cret", repr(settings))
+        self.assertEqual(load_settings(make_config_dir("", "[Cassandra]\ncluster_contact_points = ::1\n"))
+                         .cassandra.contact_points, ("::1",))
+
+    def test_bad_cassandra_values(self):
+        for text, message in (
+                ("cluster_contact_points = a:9042, b:9043",
+                 "line 2: [Cassandra] cluster_contact_points must all use one port (found 9042, 9043)"),
+                ("cluster_contact_points = a:http",
+                 "[Cassandra] cluster_contact_points entry 'a:http': the port must be a number"),
+                ("cluster_contact_points = [::1", "[Cassandra] cluster_contact_points entry '[::1' is not host, host:port"),
+                ("cluster_contact_points = db_1.example.com, db..example.com:9042",
+                 "[Cassandra] cluster_contact_points entry 'db..example.com' is not a host name or IP address"),
+                ("keyspace = sylk-pushserver", "line 2: [Cassandra] keyspace must be a letter followed by letters"),
+                ("table = tokens;drop", "line 2: [Cassandra] table must be a letter followed by letters"),
+                ("username = pusher", "[Cassandra] username and password go together")):
+            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", f"[Cassandra]\n{text}\n"))
+            self.assertIn(message, str(exc))
+
     def test_bad_values(self):
         for text, message in (("[server]\nport = http\n", "port must be an integer"),
                               ("[server]\nreturn_async = perhaps\n", "return_async"),

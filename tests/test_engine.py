@@ -12,6 +12,7 @@ from sylkpush.config import AppConfig
 from sylkpush.pns.base import OutgoingPush, PushResult
 from sylkpush.pns.engine import DeliveryClient
 from sylkpush.pns.pending import PendingPush
+from tests.doubles import capture_logs
 
 APP = AppConfig(section="s", app_id="com.example.engine", app_type="sylk", platform="test")
 
@@ -201,3 +202,88 @@ class EngineTests(unittest.TestCase):
         self.assertEqual((result.code, result.reason), (500, "internal error in the Test client"))
         self.assertEqual((client.active, client.counts()["in_flight"]), (0, 0))
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class ResultRecordTests(unittest.TestCase):
+    """What /health and /metrics learn from the engine: the last success, the
+    last failure and why, failures in a row, and the ``failing`` state."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)  # 2023-11-14T22:13:20Z
+        self.client = ScriptedClient(self.clock)
+        self.client.start()
+
+    def status(self):
+        status = self.client.status()
+        return {key: status[key] for key in ("state", "last_success", "last_failure", "last_failure_reason",
+                                             "consecutive_failures", "connect_failures")}
+
+    def test_a_new_client_has_no_record(self):
+        self.assertEqual(self.status(), {"state": "ready", "last_success": None, "last_failure": None,
+                                         "last_failure_reason": "", "consecutive_failures": 0,
+                                         "connect_failures": 0})
+
+    def test_failed_attempts_make_it_failing_and_an_answer_ends_it(self):
+        client = self.client
+        client.send(push(self.clock, "a"))
+        client.retry(client.attempts[-1], "500 InternalServerError")
+        self.clock.advance(1.0)
+        client.unknown(client.attempts[-1], "connection lost")
+        self.assertEqual(self.status()["state"], "ready")  # two in a row: not yet
+        self.clock.advance(10)
+        client.not_processed(client.attempts[-1], "connection to push.test failed: DNS lookup failed",
+                             backoff=True)
+        self.assertEqual(self.status(), {
+            "state": "failing", "last_success": None, "last_failure": "2023-11-14T22:13:31Z",
+            "last_failure_reason": "connection to push.test failed: DNS lookup failed",
+            "consecutive_failures": 3, "connect_failures": 0})
+        self.clock.advance(4.0)  # tried again
+        client.finish(client.attempts[-1], PushResult(410, "Unregistered", "u"))  # answered: it works
+        self.assertEqual(self.status(), {
+            "state": "ready", "last_success": "2023-11-14T22:13:35Z", "last_failure": "2023-11-14T22:13:31Z",
+            "last_failure_reason": "connection to push.test failed: DNS lookup failed",
+            "consecutive_failures": 0, "connect_failures": 0})
+
+    def test_answers_that_say_the_application_cannot_deliver_are_failures(self):
+        client = self.client
+        for code, reason in ((403, "BadCertificate"), (401, "UNAUTHENTICATED"), (500, "internal error")):
+            client.send(push(self.clock, reason))
+            client.finish(client.attempts[-1], PushResult(code, reason, "u"))
+        self.assertEqual(self.status()["state"], "failing")
+        self.assertEqual(self.status()["last_failure_reason"], "internal error")
+        client.send(push(self.clock, "bad"))
+        client.finish(client.attempts[-1], PushResult(400, "BadDeviceToken", "u"))
+        self.assertEqual(self.status()["consecutive_failures"], 0)
+        self.assertIsNotNone(self.status()["last_success"])
+
+    def test_what_the_push_service_is_not_to_blame_for_does_not_count(self):
+        client = self.client
+        answer = client.send(push(self.clock, "a", budget=5))
+        client.not_processed(client.attempts[-1], "GOAWAY above the last stream")  # sent again at once
+        self.assertEqual(self.status()["consecutive_failures"], 0)
+        self.clock.advance(5)  # the deadline of a push in flight: its attempt got no answer
+        self.assertEqual(self.successResultOf(answer).code, 503)
+        self.assertEqual((self.status()["consecutive_failures"], self.status()["last_failure_reason"]),
+                         (1, "deadline passed: GOAWAY above the last stream"))
+        client.send(push(self.clock, "b"))
+        client.stop()
+        self.clock.advance(client.stop_timeout)  # answered 503/504 by the stop: not the service's failure
+        self.assertEqual(self.status()["consecutive_failures"], 1)
+        self.assertEqual(self.status()["state"], "stopped")
+
+    def test_connects_failing_in_a_row_make_it_failing_until_one_is_ready(self):
+        client = self.client
+        logs = capture_logs(self)
+        for _ in range(4):
+            client.connect_failed("cannot connect to push.test:443: Connection refused")
+        self.assertEqual(self.status()["state"], "failing")
+        self.assertEqual((self.status()["connect_failures"], self.status()["last_failure_reason"]),
+                         (4, "cannot connect to push.test:443: Connection refused"))
+        [warning] = logs.matching("failing")
+        self.assertIn("WARNING", warning)
+        self.assertIn("Test client of com.example.engine failing: 3 connects in a row failed, the last: "
+                      "cannot connect to push.test:443: Connection refused", warning)
+        client.connect_succeeded()
+        self.assertEqual((self.status()["state"], self.status()["connect_failures"]), ("ready", 0))
+        self.assertTrue(logs.matching("connected again after 4 failed connects"))

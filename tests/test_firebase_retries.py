@@ -192,4 +192,5 @@ class FlowTests(FakeFCMMixin, unittest.TestCase):
         client = self.client()
         self.assertEqual(set(client.status()),
                          {"state", "queued", "in_flight", "retrying", "reconnects", "token_refreshes",
-                          "url", "connections", "pool_size", "last_error"})
+                          "last_success", "last_failure", "last_failure_reason", "consecutive_failures",
+                          "connect_failures", "url", "connections", "pool_size", "last_error"})

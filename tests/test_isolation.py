@@ -131,7 +131,9 @@ class AnyFailureTests(unittest.TestCase):
         # the section whose new client does not start keeps its working one
         self.assertIs(server.registry.get("com.example.start", "apple").client, working)
         self.assertIsNone(server.registry.get("com.example.init", "apple"))
-        self.assertTrue(self.logs.matching("application [start]: its previous working settings stay active"))
+        [kept] = self.logs.matching("application [start]:")  # one warning (besides the bug's traceback)
+        self.assertIn("WARNING sylkpush.registry: application [start]: new settings not applied, its previous "
+                      "working settings stay active: cannot be started: KeyError: 'bug in start'", kept)
         answers = yield self.assert_serving(url, "sylk", "start", "added")
         self.assertEqual([code for code, _, _ in answers], [200, 200, 200])
         self.flushLoggedErrors(RuntimeError, KeyError)

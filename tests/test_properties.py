@@ -209,13 +209,15 @@ class PushParserProperties(unittest.TestCase):
 
 #: keys whose values may show up in errors: names and identifiers, file paths, addresses
 SHOWN = {"app_id", "app_type", "app_platform", "apple_certificate", "apple_key", "firebase_authorization_file",
-         "tls_ca_file", "allowed_hosts"}
+         "tls_ca_file", "allowed_hosts", "cluster_contact_points"}
 SECRET = "S3cr3tValue"
 APP_KEYS = ["app_id", "app_type", "app_platform", "apple_certificate", "apple_key", "key_id", "team_id",
             "apple_push_url", "voip", "firebase_push_url", "firebase_authorization_file",
             "firebase_authorization_key", "tls_ca_file", "log_remote_urls", "log_remote_timeout", "log_remote_key"]
 GENERAL_KEYS = ["host", "port", "return_async", "allowed_hosts", "log_to_file", "debug", "debug_hpack",
-                "max_connections", "request_timeout"]
+                "max_connections", "request_timeout",
+                # [Cassandra]
+                "cluster_contact_points", "keyspace", "table", "username", "password", "ca_file", "local_dc"]
 ODD_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r"), max_size=25)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -140,10 +142,14 @@ class ReloadTests(unittest.TestCase):
         self.assertIsNone(self.app(app_id="com.example.new"))
         self.assertIsNone(self.app("firebase"))
         self.assertIsNotNone(self.app(app_id="org.linphone.phone"))
-        [problem] = self.logs.matching("application [sylk-ios] disabled")
+        # said once, as a warning: the application still delivers
+        [problem] = self.logs.matching("application [sylk-ios]")
+        self.assertIn("WARNING sylkpush.registry: application [sylk-ios]: new settings not applied, its previous "
+                      "working settings stay active: ", problem)
+        self.assertIn("apple_certificate file ", problem)
         self.assertIn("missing.pem does not exist", problem)
-        self.assertTrue(self.logs.matching("application [sylk-ios]: its previous working settings stay active"))
-        self.assertTrue(self.logs.matching("application [new-broken] disabled: app_platform is missing"))
+        [problem] = self.logs.matching("application [new-broken]")
+        self.assertIn("ERROR sylkpush.registry: application [new-broken] disabled: app_platform is missing", problem)
         code, _, _ = yield post(self.url + "/push", wakeup())
         self.assertEqual(code, 200)
         # once fixed, the new settings are applied
@@ -246,3 +252,118 @@ class HandOverTests(unittest.TestCase):
         self.assertEqual(sorted(d.payload["call-id"] for d in fake.notifications),
                          [f"wait-{n}@example.com" for n in range(5)])
         self.assertEqual(old.status()["queued"], 0)
+
+
+class ReplacedFileTests(unittest.TestCase):
+    """A certificate, key or service-account file replaced in place, with
+    applications.ini unchanged: the reload gives the application a new
+    client that loads it."""
+
+    def setUp(self):
+        DelayedClient.instances = []
+        capture_logs(self)
+
+    def section(self, directory, **files):
+        for name, content in files.items():
+            with open(os.path.join(directory, name), "w") as stream:
+                stream.write(content)
+        return SYLK_APPLE + "".join(f"{key} = {name}\n" for key, name in
+                                    (("tls_ca_file", "ca.pem"), ("acme_token_file", "acme.token"))
+                                    if name in files)
+
+    @defer.inlineCallbacks
+    def test_a_file_replaced_in_place_replaces_the_client(self):
+        server, _, directory = start_ops_server(self, "")
+        write_applications(directory, self.section(directory, **{"ca.pem": "one", "acme.token": "t1"}))
+        yield server.reload()
+        first = server.registry.get("com.example.sylk", "apple").client
+        for name, content in (("ca.pem", "two"), ("acme.token", "t2")):  # a credential, a custom module's file
+            with open(os.path.join(directory, name), "w") as stream:
+                stream.write(content)
+            applied = yield server.reload()
+            self.assertTrue(applied)
+            client = server.registry.get("com.example.sylk", "apple").client
+            self.assertIsNot(client, first)
+            self.assertTrue(client.started)
+            self.assertTrue(first.stopping)
+            first = client
+
+    @defer.inlineCallbacks
+    def test_the_same_contents_keep_the_client(self):
+        server, _, directory = start_ops_server(self, "")
+        write_applications(directory, self.section(directory, **{"ca.pem": "one"}))
+        yield server.reload()
+        client = server.registry.get("com.example.sylk", "apple").client
+        with open(os.path.join(directory, "ca.pem.new"), "w") as stream:
+            stream.write("one")
+        os.replace(os.path.join(directory, "ca.pem.new"), os.path.join(directory, "ca.pem"))  # a new inode
+        yield server.reload()
+        self.assertIs(server.registry.get("com.example.sylk", "apple").client, client)
+        self.assertFalse(client.stopping)
+
+    @defer.inlineCallbacks
+    def test_a_new_service_account_key_is_loaded(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        from tests.firebase_helpers import service_key
+
+        def account(key, key_id):
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+            return json.dumps({"type": "service_account", "project_id": "sylk-test", "private_key_id": key_id,
+                               "private_key": pem, "client_email": "push@sylk-test.iam.gserviceaccount.com",
+                               "token_uri": "https://127.0.0.1:1/token"})
+        server, _, directory = start_ops_server(self, "", find_client=None)
+        path = os.path.join(directory, "service-account.json")
+        with open(path, "w") as stream:
+            stream.write(account(service_key(), "old-key"))
+        write_applications(directory, SYLK_FIREBASE + "firebase_authorization_file = service-account.json\n")
+        yield server.reload()
+        old = server.registry.get("com.example.sylk", "firebase").client
+        self.assertEqual(old.account.private_key_id, "old-key")
+        with open(path, "w") as stream:  # rewritten in place, as a deployment tool does
+            stream.write(account(rsa.generate_private_key(public_exponent=65537, key_size=2048), "new-key"))
+        yield server.reload()
+        new = server.registry.get("com.example.sylk", "firebase").client
+        self.assertEqual(new.account.private_key_id, "new-key")
+        self.assertTrue(old.stopping)
+
+
+class BuiltOffTheReactorThreadTests(unittest.TestCase):
+    """A reload reads key files and builds clients in a thread; only starting
+    them (timers, connections) happens on the reactor thread."""
+
+    @defer.inlineCallbacks
+    def test_a_slow_client_construction_does_not_hold_the_server(self):
+        from twisted.python import threadable
+
+        events = []
+        gate = threading.Event()
+
+        class SlowToBuild(DelayedClient):
+            def __init__(self, app, reactor):
+                if app.option("slow"):
+                    events.append(("built in the reactor thread", threadable.isInIOThread()))
+                    gate.wait(5)  # a key file on a slow disk, a large CA bundle
+                    events.append("built")
+                super().__init__(app, reactor)
+
+            def start(self):
+                if self.app.option("slow"):
+                    events.append(("started in the reactor thread", threadable.isInIOThread()))
+                super().start()
+
+        DelayedClient.instances = []
+        capture_logs(self)
+        server, url, directory = start_ops_server(self, SYLK_APPLE, find_client=lambda platform, settings: SlowToBuild)
+        write_applications(directory, SYLK_APPLE + "slow = 1\n")
+        reloading = server.reload()
+        yield until(lambda: events)
+        code, _, _ = yield post(url + "/push", wakeup())  # served by the previous client meanwhile
+        events.append(("push answered", code))
+        gate.set()
+        applied = yield reloading
+        self.assertTrue(applied)
+        self.assertEqual(events, [("built in the reactor thread", False), ("push answered", 200), "built",
+                                  ("started in the reactor thread", True)])

@@ -6,6 +6,7 @@ import collections
 import os
 import pickle
 import sqlite3
+import uuid
 
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
@@ -67,11 +68,118 @@ class HelperTests(unittest.TestCase):
             self.assertRaises(ValueError, split_account, bad)
 
 
-class StoreTests(unittest.TestCase):
+class StoreContract:
+    """What every token store does; a TestCase mixes it in with ``new_store()``
+    (a store not opened yet, closed at cleanup).  Each test works in a domain
+    of its own, so that stores shared between tests (a Cassandra keyspace)
+    do not mix their devices."""
+
+    def setUp(self):
+        self.domain = f"{uuid.uuid4().hex[:12]}.example.com"
+        self.store = self.new_store()
+
+    def device(self, *args, **kwargs) -> Device:
+        kwargs.setdefault("domain", self.domain)
+        return device(*args, **kwargs)
+
+    def listed(self, username="alice", device_id=None):
+        return self.store.devices(username, self.domain, device_id)
+
+    @defer.inlineCallbacks
+    def test_store_replace_list_remove(self):
+        self.store.open()  # not waited for: work waits for it
+        yield self.store.store(self.device("dev-2", token="x"))
+        yield self.store.store(self.device("dev-1", token="old"))
+        yield self.store.store(self.device("dev-1", token="new", background="bg", silent=False, user_agent=None))
+        yield self.store.store(self.device("dev-1", app_id="org.other"))
+        yield self.store.store(self.device("dev-1", username="bob"))
+        found = yield self.listed()
+        self.assertEqual([(d.device_id, d.app_id, d.device_token) for d in found],
+                         [("dev-1", "com.example.sylk", "new"), ("dev-1", "org.other", "t1"),
+                          ("dev-2", "com.example.sylk", "x")])
+        self.assertEqual(found[0], self.device("dev-1", token="new", background="bg", silent=False,
+                                               user_agent=None))
+        self.assertEqual(found[1], self.device("dev-1", app_id="org.other"))
+        one = yield self.listed(device_id="dev-1")
+        self.assertEqual([(d.device_id, d.app_id) for d in one], [("dev-1", "com.example.sylk"),
+                                                                  ("dev-1", "org.other")])
+        removed = yield self.store.remove("alice", self.domain, "org.other", "dev-1")
+        again = yield self.store.remove("alice", self.domain, "org.other", "dev-1")
+        self.assertEqual((removed, again), (True, False))
+        self.assertEqual(len((yield self.listed())), 2)
+        [bob] = yield self.listed("bob")
+        self.assertEqual(bob, self.device("dev-1", username="bob"))
+        nobody = yield self.listed("carol")
+        self.assertEqual(nobody, [])
+        none = yield self.listed(device_id="dev-9")
+        self.assertEqual(none, [])
+
+    @defer.inlineCallbacks
+    def test_remove_expired_spares_a_device_registered_again(self):
+        yield self.store.open()
+        stale = self.device(token="old", background="bg")
+        yield self.store.store(stale)
+        yield self.store.store(self.device(token="fresh"))
+        removed = yield self.store.remove_expired(stale)
+        self.assertFalse(removed)
+        [kept] = yield self.listed()
+        self.assertEqual(kept.device_token, "fresh")
+        # the background token counts too
+        removed = yield self.store.remove_expired(self.device(token="fresh", background="other"))
+        self.assertFalse(removed)
+        removed = yield self.store.remove_expired(kept)
+        self.assertTrue(removed)
+        self.assertEqual((yield self.listed()), [])
+        removed = yield self.store.remove_expired(kept)
+        self.assertFalse(removed)
+
+    @defer.inlineCallbacks
+    def test_devices_survive_a_new_store(self):
+        yield self.store.open()
+        yield defer.gatherResults([self.store.store(self.device(f"dev-{n:03}")) for n in range(300)])
+        yield self.store.close()
+        self.store = self.new_store()
+        yield self.store.open()
+        found = yield self.listed()
+        self.assertEqual([d.device_id for d in found], [f"dev-{n:03}" for n in range(300)])
+
+    @defer.inlineCallbacks
+    def test_a_device_is_listed_once_its_store_fires(self):
+        yield self.store.open()
+        missing = []
+
+        @defer.inlineCallbacks
+        def stored(_, device_id):
+            found = yield self.listed(device_id=device_id)
+            if not found:
+                missing.append(device_id)
+        yield defer.gatherResults([self.store.store(self.device(f"dev-{n}")).addCallback(stored, f"dev-{n}")
+                                   for n in range(100)])
+        self.assertEqual(missing, [])
+
+    @defer.inlineCallbacks
+    def test_closed_store_refuses_work(self):
+        yield self.store.open()
+        pending = self.store.store(self.device())
+        yield self.store.close()
+        yield pending  # asked before close: done
+        yield self.assertFailure(self.listed(), StorageUnavailable)
+        self.assertEqual(self.store.status()["state"], "closed")
+        self.assertFalse(self.store.status()["up"])
+
+    @defer.inlineCallbacks
+    def test_status_when_open(self):
+        yield self.store.open()
+        status = self.store.status()
+        self.assertEqual((status["backend"], status["state"], status["up"]), (self.store.backend, "open", True))
+        self.assertNotIn("reason", status)
+
+
+class SQLiteStoreTests(StoreContract, unittest.TestCase):
 
     def setUp(self):
         self.directory = os.path.abspath(self.mktemp())
-        self.store = self.new_store()
+        StoreContract.setUp(self)
 
     def new_store(self):
         store = SQLiteTokenStore(self.directory, reactor)
@@ -89,27 +197,20 @@ class StoreTests(unittest.TestCase):
                                                "devices": 0})
 
     @defer.inlineCallbacks
-    def test_store_replace_list_remove(self):
-        self.store.open()  # not waited for: work queues behind it
-        yield self.store.store(device("dev-2", token="x"))
-        yield self.store.store(device("dev-1", token="old"))
-        yield self.store.store(device("dev-1", token="new", background="bg", silent=False, user_agent=None))
-        yield self.store.store(device("dev-1", app_id="org.other"))
-        yield self.store.store(device("dev-1", username="bob"))
-        found = yield self.store.devices("alice", "example.com")
-        self.assertEqual([(d.device_id, d.app_id, d.device_token) for d in found],
-                         [("dev-1", "com.example.sylk", "new"), ("dev-1", "org.other", "t1"),
-                          ("dev-2", "com.example.sylk", "x")])
-        self.assertEqual(found[0], device("dev-1", token="new", background="bg", silent=False, user_agent=None))
-        one = yield self.store.devices("alice", "example.com", "dev-1")
-        self.assertEqual(len(one), 2)
-        self.assertEqual(self.store.status()["devices"], 4)
-        removed = yield self.store.remove("alice", "example.com", "org.other", "dev-1")
-        again = yield self.store.remove("alice", "example.com", "org.other", "dev-1")
-        self.assertEqual((removed, again), (True, False))
+    def test_devices_are_counted(self):
+        yield self.store.open()
+        yield defer.gatherResults([self.store.store(self.device(f"dev-{n}")) for n in range(3)])
+        yield self.store.store(self.device("dev-1", token="again"))
         self.assertEqual(self.store.status()["devices"], 3)
-        nobody = yield self.store.devices("carol", "example.com")
-        self.assertEqual(nobody, [])
+        yield self.store.remove("alice", self.domain, "com.example.sylk", "dev-1")
+        yield self.store.remove("alice", self.domain, "com.example.sylk", "dev-1")
+        self.assertEqual(self.store.status()["devices"], 2)
+        yield self.store.remove_expired(self.device("dev-2"))
+        self.assertEqual(self.store.status()["devices"], 1)
+        yield self.store.close()
+        self.store = self.new_store()
+        yield self.store.open()
+        self.assertEqual(self.store.status()["devices"], 1)
 
     @defer.inlineCallbacks
     def test_a_device_is_committed_when_its_store_fires(self):
@@ -125,31 +226,6 @@ class StoreTests(unittest.TestCase):
         yield defer.gatherResults([self.store.store(device(f"dev-{n}")).addCallback(committed, f"dev-{n}")
                                    for n in range(200)])
         self.assertEqual(unseen, [])
-
-    @defer.inlineCallbacks
-    def test_remove_expired_spares_a_device_registered_again(self):
-        yield self.store.open()
-        stale = device(token="old", background="bg")
-        yield self.store.store(stale)
-        yield self.store.store(device(token="fresh"))
-        removed = yield self.store.remove_expired(stale)
-        self.assertFalse(removed)
-        [kept] = yield self.store.devices("alice", "example.com")
-        self.assertEqual(kept.device_token, "fresh")
-        removed = yield self.store.remove_expired(kept)
-        self.assertTrue(removed)
-        self.assertEqual(self.store.status()["devices"], 0)
-
-    @defer.inlineCallbacks
-    def test_devices_survive_a_new_store(self):
-        yield self.store.open()
-        yield defer.gatherResults([self.store.store(device(f"dev-{n}")) for n in range(300)])
-        yield self.store.close()
-        other = self.new_store()
-        yield other.open()
-        found = yield other.devices("alice", "example.com")
-        self.assertEqual(len(found), 300)
-        self.assertEqual(other.status()["devices"], 300)
 
     @defer.inlineCallbacks
     def test_stores_of_several_processes_share_the_count(self):
@@ -206,15 +282,6 @@ class StoreTests(unittest.TestCase):
         self.assertEqual((status["up"], status["state"]), (False, "unavailable"))
         self.assertIn(self.directory, status["reason"])
         self.assertTrue(logs.matching("token storage: cannot open"))
-
-    @defer.inlineCallbacks
-    def test_closed_store_refuses_work(self):
-        yield self.store.open()
-        pending = self.store.store(device())
-        yield self.store.close()
-        yield pending  # queued before close: done
-        yield self.assertFailure(self.store.devices("alice", "example.com"), StorageUnavailable)
-        self.assertEqual(self.store.status()["state"], "closed")
 
 
 class PickleImportTests(unittest.TestCase):

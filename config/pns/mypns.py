@@ -39,8 +39,9 @@ from typing import Any, Dict
 
 from treq.client import HTTPClient
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 
+from sylkpush.http_pool import connection_pool
 from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
 from sylkpush.pns.engine import DeliveryClient, parse_retry_after
 from sylkpush.pns.pending import PendingPush
@@ -64,7 +65,8 @@ class MypnsClient(DeliveryClient):
         self.url = app.option("mypns_url")
         if not self.url.startswith(("http://", "https://")):
             raise ConfigError("mypns_url must be an http(s) URL")
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        # a persistent pool whose connections do not log "Starting factory" each
+        self.pool = connection_pool(reactor, per_host=self.max_in_flight)
         self.http = HTTPClient(Agent(reactor, pool=self.pool))
         self.requests = 0
 
@@ -126,5 +128,6 @@ class MypnsClient(DeliveryClient):
     def close(self) -> Any:
         return self.pool.closeCachedConnections()
 
-    def status(self) -> Dict[str, Any]:
-        return dict(super().status(), url=self.url)
+    def connection_status(self) -> Dict[str, Any]:
+        # the engine adds the state while stopping or failing, the counts and the record of results
+        return dict(super().connection_status(), url=self.url)

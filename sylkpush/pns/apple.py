@@ -13,11 +13,11 @@ import json
 import logging
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Union
 from urllib.parse import quote
 
 from sylkpush.pns.apple_auth import TokenAuth, auth_for
-from sylkpush.pns.base import OutgoingPush, PushResult
+from sylkpush.pns.base import OutgoingPush, PushResult, headers_text
 from sylkpush.pns.engine import parse_retry_after
 from sylkpush.pns.h2pool import H2Pending, H2PoolClient, Request, pool_size_of
 from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT
@@ -104,10 +104,6 @@ def describe(status: int, reason: str = "") -> str:
 def is_invalid_token(status: int, reason: str) -> bool:
     """Answers that mean the caller should forget the device token (→ 410)."""
     return status == 410 or (status == 400 and reason == "BadDeviceToken")
-
-
-def _redact(headers: List[Tuple[str, str]]) -> Dict[str, str]:
-    return {name: ("<redacted>" if name == "authorization" else value) for name, value in headers}
 
 
 
@@ -200,20 +196,20 @@ class AppleClient(H2PoolClient):
         if log.isEnabledFor(logging.DEBUG):
             request_id = pending.push.request_id
             log.debug("%s: sending to %s (try %d)", request_id, pending.url, pending.attempts)
-            log.debug("%s: request headers %s", request_id, _redact(headers))
-            log.debug("%s: request body %s", request_id, pending.body.decode("utf-8", "replace"))
+            log.debug("%s: outgoing headers %s", request_id, headers_text(headers))
+            log.debug("%s: outgoing body %s", request_id, pending.body.decode("utf-8", "replace"))
         return headers, pending.body
 
-    def status(self) -> Dict[str, Any]:
-        return dict(super().status(), auth=self.auth.mode)
+    def connection_status(self) -> Dict[str, Any]:
+        return dict(super().connection_status(), auth=self.auth.mode)
 
     # -- answers -------------------------------------------------------------
 
     def answered(self, pending: _ApplePending, status: int, headers: Dict[str, str], raw: bytes) -> None:
         request_id = pending.push.request_id
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: response %d headers %s body %s", request_id, status, headers,
-                      raw.decode("utf-8", "replace"))
+            log.debug("%s: incoming %d headers %s", request_id, status, headers_text(headers))
+            log.debug("%s: incoming body %s", request_id, raw.decode("utf-8", "replace"))
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:

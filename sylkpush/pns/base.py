@@ -12,8 +12,9 @@ and only say what happened to each attempt.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -53,6 +54,8 @@ class PushClient:
     Subclasses are built with ``Client(app, reactor)`` where ``app`` is an
     :class:`sylkpush.config.AppConfig`; they raise :class:`ConfigError` from
     the constructor when the settings cannot work (missing key file, ...).
+    A reload builds clients in a thread: the constructor reads and checks,
+    and leaves timers and connections to :meth:`start`.
     """
 
     #: platform name this client serves (``apple``, ``firebase``, ...)
@@ -111,3 +114,10 @@ def unavailable(reason: str, url: str = "", body: Optional[dict] = None) -> Push
 def unanswered(reason: str, url: str = "") -> PushResult:
     """A 504 result: sent to the push service, whose answer never came."""
     return PushResult(504, reason, url, {})
+
+
+def headers_text(headers: Union[Mapping[str, str], Iterable[Tuple[str, str]]]) -> str:
+    """Request or response headers as one JSON object, for a debug line;
+    the value of ``authorization`` is replaced by ``<redacted>``."""
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return json.dumps({name: "<redacted>" if name.lower() == "authorization" else value for name, value in pairs})

@@ -22,6 +22,15 @@ reports how each attempt ended with exactly one of:
 
 The last distinction is what a shutdown answers with: 503 ("not sent, safe
 to retry") or 504 ("sent, no answer").
+
+The engine also keeps each application's record for ``/health`` and
+``/metrics``: when the push service last answered a push, when an attempt
+last failed and why, and how many attempts failed in a row since.  A
+transport that holds connections reports how connecting goes with
+:meth:`~DeliveryClient.connect_failed` and
+:meth:`~DeliveryClient.connect_succeeded`.  After :attr:`failing_after`
+failures in a row of either kind the state is ``failing``, whatever the
+connections say: an application whose every push fails is not up.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from typing import Any, Dict, List, Optional, Union
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 
+from sylkpush.expiry import utc_text
 from sylkpush.pns.base import OutgoingPush, PushClient, PushResult, unanswered, unavailable
 from sylkpush.pns.pending import (DEFAULT_QUEUE_LIMIT, HANDED_OVER, IN_FLIGHT, NEW, QUEUED, RETRYING, PendingPush,
                                   PendingQueue, backoff_delay)
@@ -81,6 +91,8 @@ class DeliveryClient(PushClient):
     #: transport that sets it must ignore what an abandoned attempt reports
     #: later, but its final answer (see FirebaseClient).
     attempt_timeout: Optional[float] = None
+    #: failed attempts (or connects) in a row after which the state is ``failing``
+    failing_after = 3
 
     def __init__(self, app: Any, reactor: Any, clock: Any = None,
                  queue_limit: int = DEFAULT_QUEUE_LIMIT) -> None:
@@ -102,6 +114,16 @@ class DeliveryClient(PushClient):
         self._sweeper: Optional[LoopingCall] = None
         self._pumping = False
         self._pump_again = False
+        #: when (clock time) the push service last answered a push (any answer
+        #: but 5xx, 401 and 403: those say the application cannot deliver)
+        self.last_success: Optional[float] = None
+        #: when an attempt or a connect last failed, and why
+        self.last_failure: Optional[float] = None
+        self.last_failure_reason = ""
+        #: attempts failed since the push service last answered a push
+        self.consecutive_failures = 0
+        #: connects failed since a connection was last ready (transports that report them)
+        self.connect_failures = 0
 
     # -- what a transport provides -------------------------------------------
 
@@ -145,6 +167,12 @@ class DeliveryClient(PushClient):
     def close(self) -> Any:
         """Called once stopped and idle: close connections (may return a Deferred)."""
 
+    def connection_status(self) -> Dict[str, Any]:
+        """The transport's part of :meth:`status` while it runs: ``state``
+        (``ready``, or e.g. ``connected``, ``connecting``), ``reconnects``
+        and whatever else it wants to show."""
+        return {"state": "ready" if self.started else "stopped", "reconnects": 0}
+
     # -- outcomes of an attempt, reported by the transport ---------------------
 
     def finish(self, pending: PendingPush, result: PushResult) -> None:
@@ -163,7 +191,7 @@ class DeliveryClient(PushClient):
         (the attempt does not count) or, with ``backoff``, after a backoff."""
         if not backoff:
             pending.attempts -= 1
-        self._again(pending, reason, None if backoff else 0.0)
+        self._again(pending, reason, None if backoff else 0.0, failed=backoff)
 
     def unknown(self, pending: PendingPush, reason: str, backoff: bool = False) -> None:
         """Written and never answered: it may have been delivered.  Sent again
@@ -171,6 +199,22 @@ class DeliveryClient(PushClient):
         if pending.state is IN_FLIGHT:
             pending.maybe_delivered = True
         self._again(pending, reason, None if backoff else 0.0)
+
+    # -- how connecting goes, reported by transports that hold connections -------
+
+    def connect_failed(self, reason: str) -> None:
+        """A connection attempt failed (before the connection was ready)."""
+        if self.stopping:
+            return
+        self.connect_failures += 1
+        self._note_failure(reason, self.connect_failures, "connects")
+
+    def connect_succeeded(self) -> None:
+        """A connection is ready."""
+        if self.connect_failures >= self.failing_after and self.consecutive_failures < self.failing_after:
+            log.info("%s client of %s connected again after %d failed connects", self.name, self.app.app_id,
+                     self.connect_failures)
+        self.connect_failures = 0
 
     # -- the PushClient contract ---------------------------------------------
 
@@ -249,12 +293,26 @@ class DeliveryClient(PushClient):
         """``queued``, ``in_flight`` and ``retrying``, for :meth:`status`."""
         return {"queued": len(self.queue), "in_flight": len(self.in_flight), "retrying": len(self.retrying)}
 
+    @property
+    def failing(self) -> bool:
+        """True after :attr:`failing_after` failed attempts, or connects, in a row."""
+        limit = self.failing_after
+        return self.consecutive_failures >= limit or self.connect_failures >= limit
+
     def status(self) -> Dict[str, Any]:
+        """For /health: the transport's :meth:`connection_status`, its state
+        ``stopping``/``stopped`` once stopped and ``failing`` while failing,
+        the counts, and the record of successes and failures."""
+        status = self.connection_status()
         if self.stopping:
-            state = "stopped" if self._stopped is not None and self._stopped.called else "stopping"
-        else:
-            state = "ready" if self.started else "stopped"
-        return dict(self.counts(), state=state, reconnects=0)
+            status["state"] = "stopped" if self.stopped else "stopping"
+        elif self.failing:
+            status["state"] = "failing"
+        status.update(self.counts())
+        status.update(last_success=_when(self.last_success), last_failure=_when(self.last_failure),
+                      last_failure_reason=self.last_failure_reason,
+                      consecutive_failures=self.consecutive_failures, connect_failures=self.connect_failures)
+        return status
 
     @property
     def stopped(self) -> bool:
@@ -268,6 +326,13 @@ class DeliveryClient(PushClient):
             self.queue.discard(pending)
         elif state is IN_FLIGHT:
             del self.in_flight[pending]
+            code = result.code
+            if code < 500 and code != 401 and code != 403:
+                self.last_success = self.clock.seconds()
+                if self.consecutive_failures:
+                    self._recovered()
+            elif not self.stopping:
+                self._attempt_failed(result.reason)
         elif state is RETRYING:
             timer = self.retrying.pop(pending)
             if timer.active():
@@ -328,8 +393,10 @@ class DeliveryClient(PushClient):
             log.exception("%s: the %s client failed to send", pending.push.request_id, self.name)
             pending.answer(PushResult(500, f"internal error in the {self.name} client", pending.url))
 
-    def _again(self, pending: PendingPush, reason: str, delay: Optional[float], told: bool = False) -> None:
-        """The attempt of ``pending`` ended without a final answer."""
+    def _again(self, pending: PendingPush, reason: str, delay: Optional[float], told: bool = False,
+               failed: bool = True) -> None:
+        """The attempt of ``pending`` ended without a final answer (``failed``
+        False: through no fault of the push service, it does not count)."""
         if pending.state is not IN_FLIGHT:
             return  # answered meanwhile (deadline, stop): this attempt no longer matters
         del self.in_flight[pending]
@@ -339,6 +406,8 @@ class DeliveryClient(PushClient):
         if self.stopping:
             self._answer_unfinished(pending, f"the {self.name} client stopped")
             return
+        if failed:
+            self._attempt_failed(reason)
         if delay is None:
             delay = backoff_delay(pending.attempts - 1, self.retry_initial, self.retry_max)
         if delay > 0 and delay >= pending.time_left():
@@ -351,6 +420,24 @@ class DeliveryClient(PushClient):
         log.info("%s: %s; trying again in %.2f s", pending.push.request_id, reason, delay)
         pending.state = RETRYING
         self.retrying[pending] = self.clock.callLater(delay, self._retry_now, pending)
+
+    def _attempt_failed(self, reason: str) -> None:
+        self.consecutive_failures += 1
+        self._note_failure(reason, self.consecutive_failures, "attempts")
+
+    def _note_failure(self, reason: str, in_a_row: int, what: str) -> None:
+        """An attempt or a connect failed; the ``in_a_row``-th of its kind."""
+        self.last_failure = self.clock.seconds()
+        self.last_failure_reason = reason
+        if in_a_row == self.failing_after:
+            log.warning("%s client of %s failing: %d %s in a row failed, the last: %s", self.name,
+                        self.app.app_id, in_a_row, what, reason)
+
+    def _recovered(self) -> None:
+        if self.consecutive_failures >= self.failing_after:
+            log.info("%s client of %s delivers again after %d failed attempts", self.name, self.app.app_id,
+                     self.consecutive_failures)
+        self.consecutive_failures = 0
 
     def _retry_now(self, pending: PendingPush) -> None:
         del self.retrying[pending]
@@ -397,3 +484,7 @@ class DeliveryClient(PushClient):
         closed.addErrback(lambda failure: log.error("closing the %s client of %s failed: %s", self.name,
                                                     self.app.app_id, failure.getTraceback()))
         closed.addBoth(lambda _: self._stopped.callback(None))
+
+
+def _when(moment: Optional[float]) -> Optional[str]:
+    return utc_text(moment) if moment is not None else None

@@ -22,12 +22,13 @@ from urllib.parse import urlsplit
 from treq.client import HTTPClient
 from twisted.internet.defer import DeferredList
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.http import RESPONSES
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
+from sylkpush.http_pool import connection_pool
+from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult, headers_text
 from sylkpush.pns.engine import parse_retry_after
 from sylkpush.pns.google_oauth import AccessTokenSource, TokenError, load_service_account
 from sylkpush.pns.h2pool import H2Pending, H2PoolClient, Request, pool_size_of
@@ -74,9 +75,6 @@ LEGACY_ERRORS: Dict[str, Tuple[int, bool, str]] = {
     "TopicsMessageRateExceeded": (429, False, "Too many messages to subscribers of this topic."),
     "InvalidApnsCredential": (403, False, "The APNs credentials of the Firebase project are invalid."),
 }
-
-_REDACTED = "<redacted>"
-
 
 @implementer(IPolicyForHTTPS)
 class _VerifiedTLSPolicy:
@@ -206,8 +204,7 @@ class FirebaseClient(H2PoolClient):
         self.max_in_flight = max(1, max_in_flight) if max_in_flight is not None else None
         self._legacy_authorization = f"key={app.firebase_authorization_key}" if legacy else ""
         # the token endpoint is asked once an hour: HTTP/1.1 through an Agent is enough
-        self.token_pool = HTTPConnectionPool(reactor, persistent=True)
-        self.token_pool.maxPersistentPerHost = 1
+        self.token_pool = connection_pool(reactor, per_host=1)
         self.token_pool.retryAutomatically = False
         token_host = urlsplit(account.token_uri).hostname if account is not None else None
         policy = _VerifiedTLSPolicy(app.tls_ca_file, [token_host] if token_host else [])
@@ -261,9 +258,9 @@ class FirebaseClient(H2PoolClient):
         push = pending.push
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: POST %s (try %d)", push.request_id, self.url, pending.attempts)
-            shown = {name: value for name, value in pending.headers if not name.startswith(":")}
-            shown["authorization"] = _REDACTED
-            log.debug("%s: outgoing headers %s", push.request_id, json.dumps(shown))
+            log.debug("%s: outgoing headers %s", push.request_id,
+                      headers_text([(name, value) for name, value in pending.headers if not name.startswith(":")]
+                                   + [("authorization", "")]))
             log.debug("%s: outgoing body %s", push.request_id, pending.body.decode("utf-8"))
         authorization = self._legacy_authorization if self.legacy else "Bearer " + (pending.access_token or "")
         return pending.headers + [("authorization", authorization)], pending.body
@@ -280,9 +277,9 @@ class FirebaseClient(H2PoolClient):
             closing.append(pool)
         return DeferredList(closing)
 
-    def status(self) -> Dict[str, Any]:
-        status = super().status()
-        if not self.stopping and self.tokens is not None and self.tokens.current() is None:
+    def connection_status(self) -> Dict[str, Any]:
+        status = super().connection_status()
+        if self.tokens is not None and self.tokens.current() is None:
             status["state"] = "authenticating" if self.tokens.fetching else "no-access-token"
         status["token_refreshes"] = self.tokens.refreshes if self.tokens is not None else 0
         return status
@@ -323,7 +320,7 @@ class FirebaseClient(H2PoolClient):
         if not isinstance(body, dict):
             body = {}
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: incoming %d headers %s", push.request_id, status, json.dumps(headers))
+            log.debug("%s: incoming %d headers %s", push.request_id, status, headers_text(headers))
             log.debug("%s: incoming body %s", push.request_id, content.decode("utf-8", "replace")[:4096])
         try:
             if self.legacy:

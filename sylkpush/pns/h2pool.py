@@ -306,17 +306,15 @@ class H2PoolClient(DeliveryClient):
             return f"every stream of the {len(self.ready)} connections to {self.authority} busy"
         return self.connection_failure or f"connecting to {self.authority}"
 
-    def status(self) -> Dict[str, Any]:
-        """Connection state for /health and /metrics."""
-        if self.stopping:
-            state = "stopped" if self.stopped else "stopping"
-        elif self.ready:
+    def connection_status(self) -> Dict[str, Any]:
+        """The pool's state for /health and /metrics."""
+        if self.ready:
             state = "connected"
         elif any(slot.busy for slot in self.slots):
             state = "connecting"
         else:
             state = "disconnected" if self.started else "stopped"
-        result = dict(self.counts(), state=state, reconnects=self.reconnects, url=self.base_url,
+        result = dict(state=state, reconnects=self.reconnects, url=self.base_url,
                       connections=len(self.ready), pool_size=self.pool_size)
         if state != "connected":
             result["last_error"] = self.connection_failure or "not connected yet"
@@ -419,6 +417,7 @@ class H2PoolClient(DeliveryClient):
         self.ready.append(protocol)
         if slot.address is not None:
             self._address_failures.pop((slot.address.host, slot.address.port), None)
+        self.connect_succeeded()
         log.info("%s connection %d of %s to %s ready (up to %d streams)", self.name, slot.index + 1,
                  self.app.app_id, _where(slot.address), protocol.available_streams())
         self.pump()
@@ -464,6 +463,7 @@ class H2PoolClient(DeliveryClient):
             self._check_closed()
             return
         log.warning("%s client for %s: %s", self.name, self.app.app_id, reason)
+        self.connect_failed(reason)
         self._schedule(slot, served=False)
 
     def _schedule(self, slot: _Slot, served: bool) -> None:

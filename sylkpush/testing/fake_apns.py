@@ -51,10 +51,11 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
+from sylkpush.logs import FORMAT
 from sylkpush.testing.certs import CertificateAuthority, new_ec_key, private_key_pem, public_key_pem
 from sylkpush.testing.h2server import H2ServerProtocol
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sylkpush.testing.fake_apns")  # not __main__ when run with -m
 
 PUSH_TYPES = frozenset(("alert", "background", "location", "voip", "complication", "fileprovider",
                         "mdm", "liveactivity", "pushtotalk", "widgets", "controls"))
@@ -254,6 +255,8 @@ class FakeAPNsProtocol(H2ServerProtocol):
 
 
 class _FakeFactory(Factory):
+    noisy = False  # no "Starting factory" line at each (re)start
+
     def __init__(self, fake: "FakeAPNs") -> None:
         self.fake = fake
 
@@ -640,7 +643,7 @@ def _main(argv: Optional[List[str]] = None) -> None:
 
     from twisted.internet import reactor
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=FORMAT)  # as the daemon's lines, which a demo mixes in
     fake = FakeAPNs(reactor, directory=os.path.abspath(args.ca_dir), host=args.host, port=args.port,
                     delay=args.delay, max_concurrent_streams=args.max_streams)
     fake.start()
@@ -655,18 +658,14 @@ def _main(argv: Optional[List[str]] = None) -> None:
     print(f"applications.ini section written to {ini}:", flush=True)
     print(fake.applications_ini(args.app_id, app_type=args.app_type, auth=args.auth), flush=True)
 
-    def report() -> None:
-        log.info("requests %d, delivered %d, answers %s", fake.requests_received,
-                 len(fake.notifications), dict(fake.answers))
-
     def final_stats() -> None:
         # one machine-readable line at exit, for scripts that check deliveries
         from sylkpush.testing.control import fake_stats
         print("stats " + json.dumps(fake_stats(fake)), flush=True)
 
-    from twisted.internet.task import LoopingCall
     if not args.quiet:
-        LoopingCall(report).start(10, now=False)
+        from sylkpush.testing.control import report_periodically
+        report_periodically(reactor, fake, f"fake APNs {fake.authority}")
     reactor.addSystemEventTrigger("before", "shutdown", final_stats)
     reactor.run()
 

@@ -46,11 +46,12 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from sylkpush.logs import FORMAT
 from sylkpush.testing.certs import CertificateAuthority
 from sylkpush.testing.h2server import AlpnSwitch, H2ServerProtocol
 from sylkpush.web import ConnectionTracker
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("sylkpush.testing.fake_fcm")  # not __main__ when run with -m
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -280,6 +281,8 @@ class _FakeFCMH2(H2ServerProtocol):
 
 class _Switching(Factory):
     """Connections speak HTTP/2 or HTTP/1.1 (``site``), as the client chose with ALPN."""
+
+    noisy = False  # no "Starting factory" line at each (re)start
 
     def __init__(self, fake: "FakeFCM", site: server.Site) -> None:
         self.fake = fake
@@ -795,7 +798,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from twisted.internet import reactor
 
     os.makedirs(args.dir, exist_ok=True)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # as the daemon's lines, which a demo mixes in
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=FORMAT)
     fake = FakeFCM(reactor, os.path.abspath(args.dir), project=args.project, port=args.port,
                    delay=args.delay, token_lifetime=args.token_lifetime, legacy_key=args.legacy_key)
 
@@ -815,6 +819,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"  CA certificate:   {fake.ca_file}", flush=True)
         print(f"  service account:  {fake.service_account_file}", flush=True)
         print(f"  applications.ini: {sample}", flush=True)
+        if not args.quiet:
+            from sylkpush.testing.control import report_periodically
+            report_periodically(reactor, fake, f"fake FCM {fake.base_url}")
 
     def final_stats() -> None:
         # one machine-readable line at exit, for scripts that check deliveries

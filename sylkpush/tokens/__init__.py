@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sylkpush.config import Settings
 from sylkpush.tokens.base import (Device, StorageError, StorageUnavailable, TokenStore, normalize_device_id,
                                   split_account, split_token)
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # sylkpush.config imports this package's Cassandra helpers
+    from sylkpush.config import Settings
 
 __all__ = ["Device", "StorageError", "StorageUnavailable", "TokenStore", "make_store", "normalize_device_id",
            "prepare_store", "split_account", "split_token"]
@@ -30,7 +29,8 @@ def prepare_store(settings: Settings) -> None:
 
 def make_store(settings: Settings, reactor: Any) -> TokenStore:
     """The store general.ini asks for, not opened yet."""
-    from sylkpush.tokens.sqlite import SQLiteTokenStore
     if settings.cassandra.contact_points:
-        log.warning("[Cassandra] is configured, but this version keeps tokens in spool_dir only")
+        from sylkpush.tokens.cassandra_store import CassandraTokenStore
+        return CassandraTokenStore(settings.cassandra, settings.path(settings.cassandra.ca_file), reactor)
+    from sylkpush.tokens.sqlite import SQLiteTokenStore
     return SQLiteTokenStore(settings.path(settings.spool_dir), reactor)

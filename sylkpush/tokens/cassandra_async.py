@@ -12,8 +12,9 @@ how the daemon must call it:
   the reactor thread for most answers, a driver executor thread for schema
   changes (it waits for schema agreement there), the calling thread when the
   request fails before it is sent.  Results reach the reactor through
-  ``callFromThread`` whatever the thread, which also makes these helpers work
-  with the driver's other connection classes (asyncore, libev).
+  ``callFromThread`` from any other thread (directly in the reactor thread),
+  which also makes these helpers work with the driver's other connection
+  classes (asyncore, libev).
 - A ``TwistedConnection`` created while ``reactor.running`` is false runs
   ``reactor.run()`` in a thread of its own, meant for programs without a
   reactor.  The daemon's reactor (and trial's) is not running yet while
@@ -25,6 +26,7 @@ from typing import Any, Callable, List, Optional
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.threads import deferToThreadPool
+from twisted.python import threadable
 from twisted.python.failure import Failure
 
 
@@ -79,11 +81,16 @@ def execute(reactor: Any, session: Any, query: Any, parameters: Any = None,
         if not result.called:
             result.errback(Failure(error))
 
+    def in_reactor(function: Callable, argument: Any) -> None:
+        if threadable.isInIOThread():
+            function(argument)
+        else:
+            reactor.callFromThread(function, argument)
+
     result: Deferred = Deferred(lambda _: future.clear_callbacks())
     try:
         future = session.execute_async(query, parameters, **options)
     except Exception:
         return fail()
-    future.add_callbacks(lambda page: reactor.callFromThread(page_done, page),
-                         lambda error: reactor.callFromThread(failed, error))
+    future.add_callbacks(lambda page: in_reactor(page_done, page), lambda error: in_reactor(failed, error))
     return result

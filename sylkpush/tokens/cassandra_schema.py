@@ -5,7 +5,7 @@ SylkServer, and OpenSIPS reading ``mobile_devices``) can share one cluster.
 resources/cassandra-schema.cql is this CQL for the default names; print it
 for the names in general.ini's [Cassandra] section with
 
-    python3 -m sylkpush.cassandra_schema --keyspace NAME --table NAME | cqlsh HOST
+    python3 -m sylkpush.tokens.cassandra_schema --keyspace NAME --table NAME | cqlsh HOST
 
 The daemon never creates a keyspace or a table by itself.
 """
@@ -31,7 +31,7 @@ _SCHEMA = """\
 --     cqlsh HOST -f cassandra-schema.cql
 -- For other names than {keyspace} and {table} (general.ini, section
 -- [Cassandra], keys keyspace and table) print it with
---     python3 -m sylkpush.cassandra_schema --keyspace NAME --table NAME
+--     python3 -m sylkpush.tokens.cassandra_schema --keyspace NAME --table NAME
 -- The daemon never creates the keyspace or the tables itself.
 
 -- One replica, as the original's setup tool made it.  A cluster of several
@@ -88,7 +88,7 @@ def schema_statements(keyspace: str = DEFAULT_KEYSPACE, table: str = DEFAULT_TAB
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m sylkpush.cassandra_schema",
+        prog="python3 -m sylkpush.tokens.cassandra_schema",
         description="Print the CQL that creates the Cassandra keyspace and tables of the token store.")
     parser.add_argument("--keyspace", default=DEFAULT_KEYSPACE,
                         help="general.ini [Cassandra] keyspace (default: %(default)s)")
