@@ -86,14 +86,17 @@ deb:
 	cd $(DEB_DIR)/src && dpkg-buildpackage -us -uc
 	lintian -I --pedantic --fail-on error,warning $(DEB_DIR)/*.changes
 
-# make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase PROFILE=1
+# make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase WORKERS=1,2 PROFILE=1
+# make bench AGAINST=/tmp/old-checkout   (each run also with that tree's daemon, alternating)
 DURATION ?= 10
 LATENCIES ?= 0,50,200
 RATES ?= 0
 FIXED_RATE ?= 1000
 PLATFORMS ?= apple,firebase
 QUEUED ?= 10000
+WORKERS ?= 1,2
 PROFILE ?=
+AGAINST ?=
 BENCH_ARGS ?=
 
 bench: $(STAMP)
@@ -101,8 +104,8 @@ bench: $(STAMP)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	@if [ -n "$(PROFILE)" ]; then $(VPY) -m pip install --quiet py-spy; fi
 	PYTHONPATH=. $(VPY) scripts/bench --duration $(DURATION) --latencies $(LATENCIES) --rates $(RATES) \
-	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) \
-	  $(if $(PROFILE),--profile) $(BENCH_ARGS)
+	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) --workers $(WORKERS) \
+	  $(if $(PROFILE),--profile) $(if $(AGAINST),--against $(AGAINST)) $(BENCH_ARGS)
 
 # the v2 lines only, with SQLite and then with a one-node Cassandra started for them
 bench-v2-cassandra: $(STAMP) cassandra-deps

@@ -109,25 +109,35 @@ def firebase_sections(fake: Fake, count: int, prefix: str = "com.example.bench")
     return "\n".join(sections)
 
 
-def write_config(directory: str, port: int, applications: str, return_async: bool = True) -> str:
+def write_config(directory: str, port: int, applications: str, return_async: bool = True,
+                 workers: int = 1) -> str:
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "general.ini"), "w") as stream:
-        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = {str(return_async).lower()}\nspool_dir = spool\n")
+        # max_connections: the outage run holds 10 000 callers' connections open
+        stream.write(f"[server]\nhost = 127.0.0.1\nport = {port}\nreturn_async = {str(return_async).lower()}\n"
+                     f"spool_dir = spool\nmax_connections = 20000\n"
+                     + (f"workers = {workers}\n" if workers != 1 else ""))
     with open(os.path.join(directory, "applications.ini"), "w") as stream:
         stream.write(applications)
     return directory
 
 
 class Daemon:
-    """sylk-pushserver in the foreground, its log in ``config_dir``/daemon.log."""
+    """sylk-pushserver in the foreground, its log in ``config_dir``/daemon.log.
+
+    ``source``: the source tree the daemon runs from (default: this one), so a
+    benchmark can run another build (a checkout of an older commit) beside it.
+    """
 
     def __init__(self, config_dir: str, port: int, python: str = sys.executable,
-                 profile: Optional[str] = None) -> None:
+                 source: str = HERE) -> None:
         self.port = port
         command = [python, "-c", DAEMON, "--config_dir", config_dir, "--no-fork"]
         self.log_path = os.path.join(config_dir, "daemon.log")
+        # run in the source tree: "python -c" puts the working directory first on sys.path
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"),
-                                        env=ENV, preexec_fn=raise_fd_limit)
+                                        env=dict(os.environ, PYTHONPATH=source), cwd=source,
+                                        preexec_fn=raise_fd_limit)
         self.profiler: Optional[subprocess.Popen] = None
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -145,14 +155,29 @@ class Daemon:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def pids(self) -> List[int]:
+        """The daemon's process and its workers."""
+        return process_tree(self.pid)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the daemon and its workers so far."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
     def memory(self) -> Tuple[float, float]:
-        """(current RSS, peak RSS) in MB."""
-        values = {}
-        with open(f"/proc/{self.pid}/status") as stream:
-            for line in stream:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    values[line.split(":")[0]] = int(line.split()[1]) / 1024.0
-        return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+        """(current RSS, peak RSS) in MB, of the daemon and its workers together."""
+        current = peak = 0.0
+        for pid in self.pids:
+            try:
+                with open(f"/proc/{pid}/status") as stream:
+                    for line in stream:
+                        if line.startswith("VmRSS:"):
+                            current += int(line.split()[1]) / 1024.0
+                        elif line.startswith("VmHWM:"):
+                            peak += int(line.split()[1]) / 1024.0
+            except OSError:  # gone meanwhile
+                pass
+        return current, peak
 
     def stop(self) -> int:
         if self.process.poll() is None:
@@ -166,10 +191,33 @@ class Daemon:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far."""
-    with open(f"/proc/{pid}/stat") as stream:
-        fields = stream.read().rsplit(")", 1)[1].split()
+    """User + system CPU time of ``pid`` so far (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            fields = stream.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> List[int]:
+    """``pid`` and its descendants."""
+    children: Dict[int, List[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as stream:
+                parent = int(stream.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
 
 
 def get_json(port: int, path: str) -> Dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 from typing import List, Optional
 
@@ -67,21 +68,52 @@ def main(argv: Optional[List[str]] = None) -> int:
         daemonize()
     # under systemd (stdout connected to the journal) log to the journal itself
     console = args.no_fork and not os.environ.get("JOURNAL_STREAM")
-    setup_logging(foreground=console, debug=settings.debug,
-                  log_file=settings.log_file if settings.log_to_file else "",
-                  debug_hpack=settings.debug_hpack)
-    log.info("Sylk Pushserver %s starting with configuration in %s", __version__, settings.config_dir)
 
+    def start_logging(worker: int = 0) -> None:
+        setup_logging(foreground=console, debug=settings.debug,
+                      log_file=settings.log_file if settings.log_to_file else "",
+                      debug_hpack=settings.debug_hpack, worker=worker)
+
+    start_logging()
+    log.info("Sylk Pushserver %s starting with configuration in %s", __version__, settings.config_dir)
+    if settings.workers == 1:
+        code = serve(settings, args.drain_timeout)
+    else:
+        from sylkpush.tokens import prepare_store
+        from sylkpush.workers import run_workers
+
+        def worker(index: int, listening: socket.socket) -> int:
+            start_logging(index)
+            return serve(settings, args.drain_timeout, listening, os.getppid())
+
+        code = run_workers(settings.workers, settings.host, settings.port, worker, start_logging, stop_logging,
+                           before_fork=lambda: prepare_store(settings))
+    log.info("Sylk Pushserver stopped")
+    stop_logging()
+    return code
+
+
+def serve(settings: Settings, drain_timeout: Optional[float], listening: Optional[socket.socket] = None,
+          supervisor: int = 0) -> int:
+    """Run the server in this process until it is stopped; its exit code.
+
+    ``drain_timeout`` None: the default.  ``listening``: the API socket when a
+    supervisor opened it for its workers (``supervisor``: its pid, whose death
+    stops this worker)."""
+    # imported here: the workers' metrics directory must be chosen before
+    # prometheus-client is imported (sylkpush.service imports it)
     from twisted.internet import reactor
     from sylkpush.service import DRAIN_TIMEOUT, PushServer
-    drain_timeout = DRAIN_TIMEOUT if args.drain_timeout is None else args.drain_timeout
+    if drain_timeout is None:
+        drain_timeout = DRAIN_TIMEOUT
     try:
         # SIGTERM/SIGINT stop the reactor, whose shutdown waits for stopService's drain
-        server = PushServer(settings, reactor, drain_timeout=drain_timeout, handle_sighup=True)
+        server = PushServer(settings, reactor, drain_timeout=drain_timeout, handle_sighup=True,
+                            listening=listening)
     except ConfigFileError as exc:
         log.error("%s", exc)
-        stop_logging()
-        print(f"sylk-pushserver: {exc}", file=sys.stderr)
+        if not listening:
+            print(f"sylk-pushserver: {exc}", file=sys.stderr)
         return 1
     exit_code = []
 
@@ -92,12 +124,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             log.error("cannot start: %s", exc)
             exit_code.append(1)
             reactor.stop()
+            return
+        if supervisor:
+            from sylkpush.workers import watch_parent
+            watch_parent(reactor, supervisor)
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()
-    log.info("Sylk Pushserver stopped")
-    stop_logging()
     return exit_code[0] if exit_code else 0
 
 

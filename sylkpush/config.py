@@ -77,6 +77,19 @@ def _integer(value: str, minimum: int, maximum: Optional[int] = None) -> int:
     return number
 
 
+def _workers(value: str) -> int:
+    """``workers``: a whole number of at least 1, or ``auto`` (the CPUs this process may use)."""
+    if value.lower() == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):
+            return max(1, os.cpu_count() or 1)
+    try:
+        return _integer(value, 1)
+    except SettingError:
+        raise SettingError("must be an integer of at least 1, or auto") from None
+
+
 def _seconds(value: str) -> float:
     try:
         number = float(value)
@@ -221,6 +234,8 @@ class Settings:
     log_to_file: bool = False
     log_file: str = "/var/log/sylk-pushserver/push.log"
     spool_dir: str = "/var/spool/sylk-pushserver"
+    #: processes sharing the listening socket (see sylkpush.workers)
+    workers: int = 1
     debug: bool = False
     debug_hpack: bool = False
     #: [api] keys_file: when set, /push and /v2 need one of its keys
@@ -284,6 +299,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
         log_to_file=setting("server", "log_to_file", "false", _bool),
         log_file=get("server", "log_file", "/var/log/sylk-pushserver/push.log"),
         spool_dir=get("server", "spool_dir", "/var/spool/sylk-pushserver"),
+        workers=setting("server", "workers", "1", _workers),
         debug=file_debug if debug is None else debug,
         debug_hpack=setting("server", "debug_hpack", "false", _bool),
         max_connections=setting("server", "max_connections", str(DEFAULT_MAX_CONNECTIONS),
@@ -352,6 +368,8 @@ class AppConfig:
     apple_host: str = "api.push.apple.com"
     apple_port: int = 443
     voip: bool = False
+    #: send an apns-id of our own with each push (the same on every try of it)
+    apple_apns_id: bool = False
     # Firebase
     firebase_push_url: str = ""
     firebase_authorization_file: str = ""
@@ -417,7 +435,7 @@ def _http_url(value: str, key: str) -> str:
 
 #: keys whose value is one line of text (custom keys are passed on as they are)
 _KNOWN_KEYS = ("app_id", "app_type", "app_platform", "apple_certificate", "apple_key", "key_id", "team_id",
-               "apple_push_url", "voip", "firebase_push_url", "firebase_authorization_file",
+               "apple_push_url", "voip", "apple_apns_id", "firebase_push_url", "firebase_authorization_file",
                "firebase_authorization_key", "tls_ca_file", "log_remote_urls", "log_remote_timeout",
                "log_remote_key")
 
@@ -473,6 +491,7 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         team_id=values.get("team_id", "").strip(),
         apple_host=host, apple_port=port,
         voip=_bool(values.get("voip", "false"), "voip"),
+        apple_apns_id=_bool(values.get("apple_apns_id", "false"), "apple_apns_id"),
         firebase_push_url=firebase_url,
         firebase_authorization_file=files["firebase_authorization_file"],
         firebase_authorization_key=values.get("firebase_authorization_key", "").strip(),

@@ -19,7 +19,8 @@ from sylkpush.notification import PLATFORM_ALIASES
 #: general.ini: section -> keys
 GENERAL_KEYS: Dict[str, FrozenSet[str]] = {
     "server": frozenset({"host", "port", "tls_certificate", "return_async", "allowed_hosts", "log_to_file",
-                         "log_file", "spool_dir", "debug", "debug_hpack", "max_connections", "request_timeout"}),
+                         "log_file", "spool_dir", "debug", "debug_hpack", "max_connections", "request_timeout",
+                         "workers"}),
     "applications": frozenset({"config_file", "credentials_folder", "extra_applications_dir", "extra_pns_dir"}),
     "api": frozenset({"keys_file"}),
     "Cassandra": frozenset({"cluster_contact_points", "keyspace", "table", "debug", "username", "password",
@@ -30,7 +31,9 @@ GENERAL_KEYS: Dict[str, FrozenSet[str]] = {
 APPLICATION_KEYS: FrozenSet[str] = frozenset({
     "app_id", "app_type", "app_platform",
     "apple_certificate", "apple_key", "key_id", "team_id", "apple_push_url", "apple_connections", "voip",
+    "apple_apns_id",
     "firebase_push_url", "firebase_authorization_file", "firebase_authorization_key", "firebase_max_in_flight",
+    "firebase_connections",
     "tls_ca_file", "log_remote_urls", "log_remote_timeout", "log_remote_key",
 })
 

@@ -105,6 +105,7 @@ class ApiConnection(ProtocolWrapper):
     answering = False
     #: closed by us: whatever else arrives is dropped
     closed = False
+    _host: Any = None
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's names)
         if self.closed:
@@ -112,6 +113,13 @@ class ApiConnection(ProtocolWrapper):
         if self.receiving_since is None and not self.answering:
             self.factory.receiving(self)
         super().dataReceived(data)
+
+    def getHost(self) -> Any:  # noqa: N802 (Twisted's names)
+        # asked for every request (twisted.web's Request), and a system call
+        # each time: the address of a connection does not change
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def request_started(self) -> None:
         """A request line was read (maybe from data buffered during the previous answer)."""

@@ -12,9 +12,9 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
@@ -33,6 +33,12 @@ OTHER_DEADLINE = 17 * 60.0
 DEADLINE_GRACE = 1.0
 
 
+def exc_info_of(failure: Failure) -> Tuple[Any, Any, Any]:
+    """``exc_info`` for logging: the traceback then goes to the log's own
+    traceback block, the message stays one line."""
+    return failure.type, failure.value, failure.getTracebackObject()
+
+
 class ApiError(Exception):
     """A request that is answered with ``code`` without being pushed."""
 
@@ -46,7 +52,7 @@ class ApiError(Exception):
         self.call_id = call_id
 
 
-@dataclass
+@dataclass(slots=True)
 class PreparedPush:
     """A validated request with its application and rendered push."""
 
@@ -61,7 +67,7 @@ class PreparedPush:
         return self.push.request_id
 
 
-@dataclass
+@dataclass(slots=True)
 class Answer:
     """What the HTTP layer sends back: status, description and data."""
 
@@ -165,17 +171,20 @@ class Dispatcher:
         """
         app = self.application(body)
         try:
-            notification = parse_notification(body, app.config.app_type, app.config.platform)
+            # the body is kept for remote logging only: a push held during an outage costs less
+            notification = parse_notification(body, app.config.app_type, app.config.platform,
+                                              keep_raw=bool(app.config.log_remote_urls))
         except ValidationError as exc:
             raise ApiError(400, str(exc), {"field": exc.field}) from None
 
         now = self.reactor.seconds()
         request_id = request_id or notification.request_id
-        log.info("%s: incoming request from %s: from %s to %s device %s token %s", request_id,
-                 client_address, notification.sip_from, notification.sip_to,
-                 notification.device_id or "-", notification.token)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: incoming body %s", request_id, json.dumps(notification.raw, sort_keys=True))
+            # at INFO the result line alone says who asked what and what came of it
+            log.debug("%s: incoming request from %s: from %s to %s device %s token %s", request_id,
+                      client_address, notification.sip_from, notification.sip_to,
+                      notification.device_id or "-", notification.token)
+            log.debug("%s: incoming body %s", request_id, json.dumps(body, sort_keys=True))
         wall_clock = time.time()
         try:
             headers = app.headers_class(notification, app.config, wall_clock).headers
@@ -192,25 +201,37 @@ class Dispatcher:
                             payload=payload, deadline=now + budget, voip=notification.is_voip)
         return PreparedPush(notification, app, push, client_address)
 
-    async def deliver(self, prepared: PreparedPush) -> Answer:
-        """Send through the application's client; the answer for the caller."""
+    def deliver(self, prepared: PreparedPush) -> "Deferred[Answer]":
+        """Send through the application's client; fires with the answer for the caller."""
         app = prepared.app
         if app.client is None:
-            result = PushResult(503, f"push service for {app.label} is not available: {app.client_problem}", "")
-        else:
-            self.in_flight += 1
-            try:
-                sending = app.client.send(prepared.push)
-                if not getattr(app.client, "enforces_deadlines", False):
-                    sending = self._by_deadline(sending, prepared)
-                result = await sending
-            except Exception:
-                log.exception("%s: push client failed", prepared.request_id)
-                result = PushResult(500, "internal error in the push service client", "")
-            finally:
-                self._finished_one()
-        log.info("%s: result %s %s", prepared.request_id, result.code, result.reason)
-        for observer in list(self.observers):
+            return succeed(self._result(prepared, PushResult(
+                503, f"push service for {app.label} is not available: {app.client_problem}", "")))
+        self.in_flight += 1
+        try:
+            sending = app.client.send(prepared.push)
+            if not getattr(app.client, "enforces_deadlines", False):
+                sending = self._by_deadline(sending, prepared)
+        except Exception:
+            sending = fail()
+        # Deferred callbacks rather than a coroutine: this runs for every push
+        return sending.addCallbacks(self._sent, self._client_failed, callbackArgs=(prepared,),
+                                    errbackArgs=(prepared,))
+
+    def _sent(self, result: PushResult, prepared: PreparedPush) -> Answer:
+        self._finished_one()
+        return self._result(prepared, result)
+
+    def _client_failed(self, failure: Failure, prepared: PreparedPush) -> Answer:
+        self._finished_one()
+        log.error("%s: push client failed", prepared.request_id, exc_info=exc_info_of(failure))
+        return self._result(prepared, PushResult(500, "internal error in the push service client", ""))
+
+    def _result(self, prepared: PreparedPush, result: PushResult) -> Answer:
+        """Log and observe ``result``; the answer for the caller."""
+        log.info("%s: result %s %s (%s, caller %s, %.0f ms)", prepared.request_id, result.code, result.reason,
+                 prepared.app.label, prepared.client_address, 1000 * (time.monotonic() - prepared.started))
+        for observer in self.observers:
             try:
                 observer(prepared, result)
             except Exception:

@@ -303,7 +303,12 @@ class BatchedStreamHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def journal_handler() -> Optional[logging.Handler]:
+def log_format(worker: int = 0) -> str:
+    """FORMAT, with ``[worker N]`` after the level when the server runs several workers."""
+    return FORMAT if not worker else FORMAT.replace(" %(name)s", f" [worker {worker}] %(name)s", 1)
+
+
+def journal_handler(worker: int = 0) -> Optional[logging.Handler]:
     """A handler for the systemd journal, or None when there is no journal."""
     if not os.path.exists(JOURNAL_SOCKET):
         return None
@@ -311,32 +316,38 @@ def journal_handler() -> Optional[logging.Handler]:
         from systemd.journal import JournalHandler  # python3-systemd
     except ImportError:
         return None
-    return JournalHandler(SYSLOG_IDENTIFIER="sylk-pushserver")
+    if not worker:
+        return JournalHandler(SYSLOG_IDENTIFIER="sylk-pushserver")
+    handler = JournalHandler(SYSLOG_IDENTIFIER="sylk-pushserver", SYLKPUSH_WORKER=str(worker))
+    handler.setFormatter(logging.Formatter(f"[worker {worker}] %(message)s"))
+    return handler
 
 
 _writer: Optional[LogWriter] = None
 
 
 def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
-                  debug_hpack: bool = False, forward_twisted: bool = True) -> logging.Logger:
+                  debug_hpack: bool = False, forward_twisted: bool = True, worker: int = 0) -> logging.Logger:
     """Route the ``sylkpush`` loggers (and Twisted's) to their destinations.
 
     Foreground: the console.  As a service: the journal, or stderr when no
     journal is reachable.  ``log_file`` adds a file (reopened after rotation).
     ``forward_twisted`` False leaves Twisted's own events to twistd's logger.
+    ``worker`` (when not 0) is written on every line.
     """
     global _writer
     stop_logging()
     handlers: List[logging.Handler] = []
-    destination = None if foreground else journal_handler()
+    line_format = log_format(worker)
+    destination = None if foreground else journal_handler(worker)
     if destination is None:
         destination = BatchedStreamHandler(sys.stderr)
-        destination.setFormatter(SecondCachingFormatter(FORMAT))
+        destination.setFormatter(SecondCachingFormatter(line_format))
     handlers.append(destination)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         file_handler = logging.handlers.WatchedFileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter(FORMAT))
+        file_handler.setFormatter(logging.Formatter(line_format))
         handlers.append(file_handler)
 
     root = logging.getLogger()

@@ -46,7 +46,7 @@ class ValidationError(ValueError):
         self.rule = rule
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Notification:
     """A validated wake-up request."""
 
@@ -68,7 +68,7 @@ class Notification:
     content_type: Optional[str] = None
     filename: Optional[str] = None
     filetype: Optional[str] = None
-    #: the body as received, for logs and remote logging
+    #: the body as received, for remote logging (empty unless asked for)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -179,10 +179,12 @@ def parse_app_id(body: Mapping[str, Any]) -> str:
 
 
 def parse_notification(body: Mapping[str, Any], app_type: str,
-                       platform: Optional[str] = None) -> Notification:
+                       platform: Optional[str] = None, keep_raw: bool = True) -> Notification:
     """Validate ``body`` for an application of ``app_type`` on ``platform``
     (the canonical name :func:`parse_platform` returned; parsed when None).
-    Its strings are checked by :func:`check_strings` first."""
+    Its strings are checked by :func:`check_strings` first.  ``keep_raw``:
+    keep a copy of ``body`` as :attr:`Notification.raw` (a push waiting for
+    its answer holds it: only when something will read it)."""
     app_id = parse_app_id(body)
     platform = platform or parse_platform(body)
     token = _string(body, "token", True)
@@ -217,7 +219,7 @@ def parse_notification(body: Mapping[str, Any], app_type: str,
         content_type=_string(body, "content-type", False),
         filename=_string(body, "filename", False),
         filetype=_string(body, "filetype", False),
-        raw=dict(body),
+        raw=dict(body) if keep_raw else {},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import signal
 import socket
@@ -32,15 +33,13 @@ from sylkpush.tokens import make_store
 from sylkpush.v2 import resources as v2_resources
 from sylkpush.v2.metrics import TokenMetrics
 from sylkpush.web import make_site
+from sylkpush.workers import LISTEN_BACKLOG, METRICS_DIR_VARIABLE, share_port
 
 log = logging.getLogger(__name__)
 
 #: seconds a shutdown waits for pushes in flight before answering them itself
 #: (503 for those never sent, 504 for those sent and unanswered)
 DRAIN_TIMEOUT = 10.0
-#: pending connections the kernel holds for us: SIP proxies open many at once
-#: when a burst of calls arrives (Twisted's default is 50)
-LISTEN_BACKLOG = 1024
 #: seconds the clients get after that to close their connections
 STOP_GRACE = 2.0
 
@@ -124,7 +123,7 @@ class PushServer(service.Service):
     def __init__(self, settings: Settings, reactor: Any = None,
                  find_client: ClientClassFinder = default_client_class,
                  drain_timeout: float = DRAIN_TIMEOUT, watch_interval: float = POLL_INTERVAL,
-                 handle_sighup: bool = False) -> None:
+                 handle_sighup: bool = False, listening: Optional[socket.socket] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -133,6 +132,8 @@ class PushServer(service.Service):
         self.find_client = find_client
         self.drain_timeout = drain_timeout
         self.handle_sighup = handle_sighup
+        #: the API socket a supervisor opened for its workers (None: open our own)
+        self.listening = listening
         self.registry = AppRegistry()
         self._certificate = (load_tls_certificate(settings.path(settings.tls_certificate))
                              if settings.tls_certificate else None)
@@ -145,14 +146,16 @@ class PushServer(service.Service):
         self.push_resource = self.site.resource.children[b"push"]
         self.connections = ApiConnections(self.site, reactor, settings.allowed_hosts, settings.max_connections,
                                           settings.request_timeout, refused=self.dispatcher.refused)
-        self.metrics = Metrics(lambda: self.registry, self.dispatcher)
+        self.metrics = Metrics(lambda: self.registry, self.dispatcher,
+                               multiprocess_dir=os.environ.get(METRICS_DIR_VARIABLE, "") if listening else "")
         self.remote_log = RemoteLogger(reactor, debug=settings.debug)
         self.dispatcher.observers += [self.metrics.observe, self.remote_log.observe]
         self.dispatcher.refusal_observers.append(self.metrics.refused)
         self.tokens = make_store(settings, reactor)
         self.v2_resource = v2_resources.mount(self.site, self.tokens, self.dispatcher,
                                               lambda: self.settings.return_async,
-                                              TokenMetrics(self.metrics.registry, self.tokens.status))
+                                              TokenMetrics(self.metrics.registry, self.metrics.summed,
+                                                           self.tokens.status))
         self.site.resource.putChild(b"health", HealthResource(lambda: self.registry, self.tokens.status,
                                                                  self.expiry))
         self.site.resource.putChild(b"metrics", MetricsResource(self.metrics))
@@ -204,6 +207,7 @@ class PushServer(service.Service):
                                                             failure.getErrorMessage()))
         self.watcher.start()
         self.expiry.start()
+        self.metrics.start(self.reactor)
         if self.handle_sighup:
             self._previous_sighup = signal.signal(signal.SIGHUP, self._sighup)
 
@@ -323,7 +327,10 @@ class PushServer(service.Service):
     def listen(self) -> Any:
         """Open the API port (TLS when tls_certificate is set)."""
         host, port = self.settings.host, self.settings.port
-        if self._certificate is not None:
+        if self.listening is not None:
+            listening = share_port(self.reactor, self.listening, self.connections,
+                                   self._certificate.options() if self._certificate is not None else None)
+        elif self._certificate is not None:
             listening = self.reactor.listenSSL(port, self.connections, self._certificate.options(),
                                                backlog=LISTEN_BACKLOG, interface=host)
         else:
@@ -350,6 +357,7 @@ class PushServer(service.Service):
         super().stopService()
         self.watcher.stop()
         self.expiry.stop()
+        self.metrics.stop()
         if self._previous_sighup is not None:
             signal.signal(signal.SIGHUP, self._previous_sighup)
             self._previous_sighup = None
@@ -357,6 +365,9 @@ class PushServer(service.Service):
         if self.port is not None:
             yield self.port.stopListening()
             self.port = None
+        if self.listening is not None:
+            # the socket the workers share: once all have closed it, callers are refused
+            self.listening.close()
         if self.dispatcher.in_flight:
             log.info("waiting up to %g s for %d pushes in flight", self.drain_timeout, self.dispatcher.in_flight)
             drained = yield within(self.dispatcher.wait_idle(), self.drain_timeout, self.reactor)

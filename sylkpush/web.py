@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from io import BytesIO
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from urllib.parse import unquote_to_bytes as unquote
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
 from sylkpush import __version__
 from sylkpush.api_keys import ApiKeys
-from sylkpush.dispatch import Answer, ApiError, Dispatcher
+from sylkpush.dispatch import Answer, ApiError, Dispatcher, exc_info_of
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +103,6 @@ def unsupported_content_type(request: server.Request) -> Optional[str]:
     return media.decode("latin-1")
 
 
-def exc_info_of(failure: Failure) -> Tuple[Any, Any, Any]:
-    """``exc_info`` for logging: the traceback then goes to the log's own
-    traceback block, the message stays one line."""
-    return failure.type, failure.value, failure.getTracebackObject()
-
-
 def sniff_call_id(raw: bytes) -> Optional[str]:
     """The call-id of a body that could not be read whole, for the log."""
     found = _CALL_ID.search(raw)
@@ -129,6 +125,17 @@ def write_json(request: server.Request, code: int, description: str,
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     return envelope(code, description, data, extra)
+
+
+_date = [0, b""]
+
+
+def http_date() -> bytes:
+    """The HTTP date of now, formatted once a second."""
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, http.datetimeToString(now)
+    return _date[1]
 
 
 class ApiRequest(server.Request):
@@ -174,6 +181,19 @@ class ApiRequest(server.Request):
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         self._connection("request_received")
         super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        """twisted.web's, less its per-request costs we do not need: the Date
+        header is formatted once a second, no Server header (it named
+        Twisted's version), and no content encoders (the API has none)."""
+        self.site = self.channel.site
+        self.setHeader(b"date", http_date())
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        try:
+            self.render(self.site.getResourceFor(self))
+        except BaseException:
+            self.processingFailed(Failure())
 
     def finish(self) -> None:
         if not self.finished and not self._disconnected:
@@ -224,7 +244,8 @@ class Welcome(JsonResource):
 
 def client_address(request: server.Request) -> str:
     address = request.getClientAddress()
-    return getattr(address, "host", str(address))
+    host = getattr(address, "host", None)
+    return host if host is not None else str(address)
 
 
 def caller(request: server.Request) -> str:
@@ -246,14 +267,14 @@ class AnsweringResource(JsonResource):
         self.dispatcher = dispatcher
         #: set when the server shuts down: new requests are answered 503
         self.closing = False
-        #: the answer function of every caller still waiting, by request
-        self.waiting: Dict[server.Request, Callable[[Answer], None]] = {}
+        #: every caller still waiting, by request
+        self.waiting: Dict[server.Request, "_Waiter"] = {}
 
     def answer_waiting(self, code: int, description: str) -> int:
         """Answer every caller still waiting with ``code``; how many there were."""
         waiting, self.waiting = self.waiting, {}
-        for answer in waiting.values():
-            answer(Answer(code, description, {}))
+        for waiter in waiting.values():
+            waiter.answer(Answer(code, description, {}))
         return len(waiting)
 
     def _refuse(self, request: server.Request, code: int, description: str,
@@ -286,6 +307,7 @@ class AnsweringResource(JsonResource):
             raise ApiError(413, f"request body is larger than {MAX_BODY} bytes",
                            call_id=sniff_call_id(getattr(request, "head", b"")))
         raw = request.content.read()
+        request.content = None  # read: not held while the push waits for its answer
         try:
             return decode_json(raw)
         except BodyError as exc:
@@ -293,31 +315,45 @@ class AnsweringResource(JsonResource):
 
     def answer_later(self, request: server.Request, work: "Deferred[Answer]", request_id: str) -> Any:
         """Answer ``request`` when ``work`` fires (for :meth:`render`)."""
-        gone = []
-        request.notifyFinish().addErrback(lambda _: gone.append(True))
-
-        def answer(result: Answer) -> None:
-            self.waiting.pop(request, None)
-            if request.finished:  # answered at the drain deadline already
-                return
-            if gone:
-                log.info("%s: caller went away before the answer %s", request_id, result.code)
-                return
-            request.write(write_json(request, result.code, result.description, result.data))
-            request.finish()
-
-        def failed(failure: Failure) -> None:
-            self._unexpected(failure, request_id)
-            answer(Answer(500, "internal server error", {}))
-
+        waiter = _Waiter(self, request, request_id)
         if not work.called:
-            self.waiting[request] = answer
-        work.addCallbacks(answer, failed)
+            self.waiting[request] = waiter
+        work.addCallbacks(waiter.answer, waiter.failed)
         return server.NOT_DONE_YET
 
     @staticmethod
     def _unexpected(failure: Failure, request_id: str) -> None:
         log.error("%s: unexpected error", request_id, exc_info=exc_info_of(failure))
+
+
+class _Waiter:
+    """A caller waiting for its answer: one small object (thousands wait
+    during an outage) rather than closures and a Deferred of notifyFinish."""
+
+    __slots__ = ("resource", "request", "request_id")
+
+    def __init__(self, resource: AnsweringResource, request: server.Request, request_id: str) -> None:
+        self.resource = resource
+        self.request = request
+        self.request_id = request_id
+
+    def answer(self, result: Answer) -> None:
+        request = self.request
+        self.resource.waiting.pop(request, None)
+        if request.finished:  # answered at the drain deadline already
+            return
+        if getattr(request, "_disconnected", False):  # twisted.web's mark of a caller gone (not in test doubles)
+            log.info("%s: caller went away before the answer %s", self.request_id, result.code)
+            return
+        body = write_json(request, result.code, result.description, result.data)
+        # with its length the answer is one write, not chunks
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    def failed(self, failure: Failure) -> None:
+        self.resource._unexpected(failure, self.request_id)
+        self.answer(Answer(500, "internal server error", {}))
 
 
 class PushResource(AnsweringResource):
@@ -334,7 +370,7 @@ class PushResource(AnsweringResource):
             prepared = self.dispatcher.prepare(body, caller(request))
         except ApiError as exc:
             return self.refuse(request, exc, body)
-        delivery = ensureDeferred(self.dispatcher.deliver(prepared))
+        delivery = self.dispatcher.deliver(prepared)
         if not self.return_async():
             delivery.addErrback(self._unexpected, prepared.request_id)
             return write_json(request, 202, "accepted for delivery")

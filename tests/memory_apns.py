@@ -281,7 +281,8 @@ def memory_app(directory: str, **changes: Any) -> AppConfig:
             directory, "client")
     cert, key = _CERTS[directory]
     values = dict(section="memory", app_id="com.example.memory", app_type="sylk", platform="apple",
-                  apple_certificate=cert, apple_key=key, apple_host="127.0.0.1", apple_port=443)
+                  apple_certificate=cert, apple_key=key, apple_host="127.0.0.1", apple_port=443,
+                  apple_apns_id=True)
     values.update(changes)
     return AppConfig(**values)
 

@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from sylkpush.pns.base import PushResult
 from sylkpush.testing.certs import CertificateAuthority
 from sylkpush.web import MAX_BODY
+from tests.doubles import capture_logs
 from tests.helpers import (LINPHONE_APPLE, SYLK_APPLE, SYLK_FIREBASE, RecordingClient, post,
                            start_server, wakeup)
 
@@ -183,6 +184,7 @@ class PushApiTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_caller_gone_before_answer(self):
+        logs = capture_logs(self)
         pending = Deferred()
         self.client().answers["slow"] = pending
         request = treq.post(self.push_url, json=wakeup(token="slow"), persistent=False)
@@ -194,6 +196,7 @@ class PushApiTests(unittest.TestCase):
         pending.callback(PushResult(200, "OK", "u"))
         self.assertEqual(len(self.client().sent), 1)
         self.assertEqual(len(cancelled), 1)
+        self.assertTrue(logs.matching("caller went away before the answer 200"))
 
 
 def deferLater(reactor, delay):

@@ -114,6 +114,22 @@ class CertificateAuthTests(FakeAPNsMixin, TestCase):
         self.assertEqual(self.fake.notifications, [])
 
     @inlineCallbacks
+    def test_apns_id_of_our_own_only_when_configured(self):
+        self.fake.fail_next(2, 500)
+        result = yield self.client.send(self.push())  # apple_apns_id = true: one id, on every try
+        self.assertEqual(result.code, 200)
+        [apns_id] = set(self.fake.apns_ids_received)
+        self.assertEqual(self.fake.notifications[0].apns_id, apns_id)
+        self.assertEqual(len(self.fake.apns_ids_received), 3)
+        client = AppleClient(self.fake.app_config(apns_id=False), reactor)
+        client.start()
+        self.addCleanup(client.stop)
+        result = yield client.send(self.push())
+        self.assertEqual(result.code, 200)
+        self.assertEqual(self.fake.apns_ids_received[-1], "")
+        self.assertNotIn("apns-id", self.fake.notifications[-1].headers)
+
+    @inlineCallbacks
     def test_reset_stream_retried(self):
         self.fake.reset_next(2)
         result = yield self.client.send(self.push())

@@ -76,6 +76,35 @@ class V1DeliveryTests(FakeFCMMixin, unittest.TestCase):
         yield client.stop()
 
 
+class HTTP2Tests(FakeFCMMixin, unittest.TestCase):
+    """Pushes go over a few multiplexed HTTP/2 connections; the token endpoint over HTTP/1.1."""
+
+    @defer.inlineCallbacks
+    def test_pushes_are_multiplexed_on_the_pool(self):
+        self.fake.delay = 0.05  # answers take a while: requests pile up on the connections
+        client = self.client()
+        results = yield defer.gatherResults([client.send(push_for(f"mux-{i}", reactor)) for i in range(400)])
+        self.assertEqual({r.code for r in results}, {200})
+        self.assertEqual(self.fake.protocols, {"h2": 400, "http/1.1": self.fake.token_requests})
+        self.assertEqual(self.fake.h2_connections, client.pool_size)
+        # many requests at once on a connection, never more than the service allows
+        self.assertGreater(self.fake.max_open_streams, 10)
+        self.assertLessEqual(self.fake.max_open_streams, 100)
+        legacy = self.client(legacy=True)
+        result = yield legacy.send(push_for("mux-legacy", reactor, legacy=True))
+        self.assertEqual(result.code, 200)
+        self.assertEqual(self.fake.protocols["h2"], 401)
+
+    @defer.inlineCallbacks
+    def test_firebase_connections(self):
+        client = self.client(app=app_for(self.fake, options=(("firebase_connections", "3"),)))
+        self.assertEqual(client.pool_size, 3)
+        yield defer.gatherResults([client.send(push_for(f"three-{i}", reactor)) for i in range(30)])
+        self.assertEqual(self.fake.h2_connections, 3)
+        with self.assertRaisesRegex(ConfigError, "firebase_connections must be a whole number from 1 to 32"):
+            FirebaseClient(app_for(self.fake, options=(("firebase_connections", "0"),)), reactor)
+
+
 class V1ErrorMappingTests(FakeFCMMixin, unittest.TestCase):
 
     @defer.inlineCallbacks

@@ -74,10 +74,10 @@ class RetryTests(FakeFCMMixin, unittest.TestCase):
         yield client.send(push_for("warm-up", clock))
         yield self.fake.stop()
         d = client.send(push_for("device-c", clock, budget=5))
-        while not d.called:
-            yield wait_until(lambda: d.called or client.status()["retrying"] == 1)
-            if not d.called:
-                clock.advance(min(retry_delays(clock, -1)))
+        # the push waits in the queue while the connections are tried again (on the reactor) in vain
+        yield wait_until(lambda: "failed" in client.status().get("last_error", "")
+                         and client.status()["reconnects"] > 1)
+        clock.advance(5)
         result = yield d
         self.assertEqual(result.code, 503)
         self.assertTrue(result.reason.startswith(f"deadline passed: connection to 127.0.0.1:{self.fake.port} failed"),
@@ -96,8 +96,8 @@ class RetryTests(FakeFCMMixin, unittest.TestCase):
         result = yield d
         self.assertEqual(result.code, 503)
         self.assertIn("no answer from 127.0.0.1", result.reason)
-        # the request was abandoned: its slot is free and nothing was delivered
-        yield wait_until(lambda: client.status()["in_flight"] == 0)
+        # the request was abandoned: its slot is free, its stream reset, and nothing was delivered
+        yield wait_until(lambda: client.status()["in_flight"] == 0 and self.fake.resets == 1)
         self.assertEqual(self.fake.deliveries, {})
 
     @defer.inlineCallbacks
@@ -125,6 +125,7 @@ class FlowTests(FakeFCMMixin, unittest.TestCase):
         clock = Clock()
         # the bound counts the push in flight too: one on the wire, two queued
         client = self.client(clock=clock, max_in_flight=1, queue_limit=3)
+        yield wait_until(lambda: client.status()["connections"] == client.pool_size)
         ds = [client.send(push_for(f"q{i}", clock)) for i in range(4)]
         self.assertEqual(client.status()["queued"], 2)
         self.assertTrue(ds[3].called)
@@ -192,4 +193,4 @@ class FlowTests(FakeFCMMixin, unittest.TestCase):
         self.assertEqual(set(client.status()),
                          {"state", "queued", "in_flight", "retrying", "reconnects", "token_refreshes",
                           "last_success", "last_failure", "last_failure_reason", "consecutive_failures",
-                          "connect_failures"})
+                          "connect_failures", "url", "connections", "pool_size", "last_error"})

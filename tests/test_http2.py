@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from sylkpush.pns.http2 import LOST, REFUSED, RESET, UNPROCESSED, H2ClientProtocol
+from sylkpush.pns.http2 import LOST, REFUSED, RESET, UNPROCESSED, H2ClientProtocol, LiteralEncoder
 
 HEADERS = [(":method", "POST"), (":scheme", "https"), (":authority", "apns.test"),
            (":path", "/3/device/00")]
@@ -224,3 +224,36 @@ class H2ClientProtocolTests(TestCase):
         self.request()
         [event] = [e for e in self.exchange() if isinstance(e, RequestReceived)]
         self.assertEqual(event.headers, HEADERS)
+
+
+class LiteralEncoderTests(TestCase):
+    """The client's HPACK encoder: no dynamic table, pieces kept."""
+
+    def test_any_decoder_reads_what_it_writes(self):
+        from hpack import Decoder, NeverIndexedHeaderTuple
+
+        encoder, decoder = LiteralEncoder(), Decoder()
+        headers = HEADERS + [("apns-topic", "com.example.app"), ("content-type", "application/json"),
+                             ("authorization", "bearer " + "j" * 300), ("x-" + "n" * 200, "v" * 20000)]
+        for _ in range(2):  # again from the kept pieces
+            block = encoder.encode(headers)
+            self.assertEqual(decoder.decode(block), headers)
+            self.assertEqual(decoder.decode(encoder.encode([(k.encode(), v.encode()) for k, v in headers])),
+                             headers)
+        # whole static entries are one byte; nothing is added to the decoder's table
+        self.assertEqual(encoder.encode([(":method", "POST"), (":scheme", "https")]), b"\x83\x87")
+        self.assertEqual(len(decoder.header_table.dynamic_entries), 0)
+        # the credential is a never-indexed literal, so no proxy on the way indexes it either
+        [authorization] = decoder.decode(encoder.encode([("authorization", "bearer x")]))
+        self.assertIsInstance(authorization, NeverIndexedHeaderTuple)
+
+    def test_a_smaller_table_of_the_peer_is_acknowledged(self):
+        from hpack import Decoder
+
+        encoder, decoder = LiteralEncoder(), Decoder()
+        encoder.header_table_size = 256  # what h2 does on the peer's SETTINGS_HEADER_TABLE_SIZE
+        block = encoder.encode(HEADERS)
+        self.assertEqual(block[:2], b"\x3f\xe1")  # dynamic table size update to 256
+        self.assertEqual(decoder.decode(block), HEADERS)
+        self.assertEqual(decoder.header_table.maxsize, 256)
+        self.assertEqual(encoder.encode(HEADERS)[:1], b"\x83")  # signalled once

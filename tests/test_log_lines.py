@@ -145,6 +145,7 @@ class FirebaseHeaderLineTests(HeaderLineTests, FakeFCMMixin, unittest.TestCase):
         result = yield self.client().send(push_for("token-1", reactor))
         self.assertEqual(result.code, 200)
         found = self.header_lines(logs)
-        self.assertEqual(found["outgoing headers"]["Authorization"], "<redacted>")
-        self.assertIn("Content-Type", found["incoming 200 headers"])
+        # HTTP/2: header names are lower case
+        self.assertEqual(found["outgoing headers"]["authorization"], "<redacted>")
+        self.assertIn("content-type", found["incoming 200 headers"])
         self.assertTrue(logs.matching("incoming body"))

@@ -228,6 +228,19 @@ class SQLiteStoreTests(StoreContract, unittest.TestCase):
         self.assertEqual(unseen, [])
 
     @defer.inlineCallbacks
+    def test_stores_of_several_processes_share_the_count(self):
+        # two stores on one database: what several workers have
+        yield self.store.open()
+        other = self.new_store()
+        yield other.open()
+        yield defer.gatherResults([self.store.store(device(f"a{n}")) for n in range(3)])
+        yield other.store(device("b1"))
+        self.assertEqual(other.status()["devices"], 4)
+        yield self.store.remove("alice", "example.com", "com.example.sylk", "b1")
+        self.assertEqual(other.status()["devices"], 4)  # what its last write left
+        self.assertEqual(self.store.status()["devices"], 3)
+
+    @defer.inlineCallbacks
     def test_bursts_are_committed_together(self):
         batches = []
 

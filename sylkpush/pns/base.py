@@ -23,7 +23,7 @@ class ConfigError(Exception):
     """An application's settings are unusable; the message says why."""
 
 
-@dataclass
+@dataclass(slots=True)
 class OutgoingPush:
     """One notification ready to be sent by a push-service client."""
 
@@ -37,7 +37,7 @@ class OutgoingPush:
     voip: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class PushResult:
     """The final outcome of one push, as reported to the HTTP caller."""
 

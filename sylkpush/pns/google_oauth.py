@@ -133,15 +133,23 @@ class AccessTokenSource:
     def fetching(self) -> bool:
         return self._fetching is not None
 
+    def current(self) -> Optional[str]:
+        """The token when one is valid now (renewed in the background when it
+        nears its expiry), else None: :meth:`get` one."""
+        now = self.clock.seconds()
+        if self._token is None or now >= self._expires_at:
+            return None
+        if now >= self._expires_at - self._margin and now >= self._quiet_until:
+            # still valid: use it and renew in the background
+            self._start_fetch()
+        return self._token
+
     def get(self) -> "Deferred[str]":
         """A Deferred firing with a valid token, or failing with TokenError."""
-        now = self.clock.seconds()
-        if self._token is not None and now < self._expires_at:
-            if now >= self._expires_at - self._margin and now >= self._quiet_until:
-                # still valid: use it and renew in the background
-                self._start_fetch()
+        token = self.current()
+        if token is not None:
             d: Deferred = Deferred()
-            d.callback(self._token)
+            d.callback(token)
             return d
         waiter: Deferred = Deferred()
         self._waiters.append(waiter)

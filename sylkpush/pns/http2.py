@@ -46,6 +46,8 @@ from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, Remo
                        ResponseReceived, StreamEnded, StreamReset, WindowUpdated)
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
+from hpack import Encoder
+from hpack.table import HeaderTable
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -81,6 +83,81 @@ class _Stream:
     @property
     def unsent(self) -> int:
         return len(self.body) - self.sent
+
+
+def _hpack_integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """An HPACK integer (RFC 7541 §5.1) with ``first``'s flag bits in its first byte."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    encoded = [first | limit]
+    value -= limit
+    while value >= 128:
+        encoded.append((value & 0x7F) | 0x80)
+        value >>= 7
+    encoded.append(value)
+    return bytes(encoded)
+
+
+def _hpack_string(data: bytes) -> bytes:
+    """An HPACK string literal, not Huffman coded (RFC 7541 §5.2)."""
+    return _hpack_integer(len(data), 7, 0) + data
+
+
+def _as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode("utf-8")
+
+
+#: static table entries: (name, value) -> index, and name -> its first index
+_STATIC = {entry: index for index, entry in reversed(list(enumerate(HeaderTable.STATIC_TABLE, 1)))}
+_STATIC_NAMES = {name: index for (name, _), index in reversed(list(_STATIC.items()))}
+
+
+class LiteralEncoder(Encoder):
+    """An HPACK encoder that never uses the dynamic table.
+
+    Each header is the static table entry that matches it whole, or a literal
+    that is never added to the table (RFC 7541 §6.2.2; ``authorization`` as
+    never indexed, §6.2.3), without Huffman coding.  A header's encoding then
+    depends on nothing else: it is computed once and kept, and a request's
+    header block is made of kept pieces.  The blocks grow by some bytes; the
+    table search and Huffman coding of h2's encoder (a tenth of the CPU of a
+    push) are gone.  Changes of the peer's table size are still signalled.
+    """
+
+    #: header encodings kept at most (the per-push ones, like :path, come and go)
+    KEPT = 4096
+    SENSITIVE = frozenset((b"authorization",))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kept: Dict[Tuple[Any, Any], bytes] = {}
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        kept = self._kept
+        block = []
+        if self.header_table.resized:
+            block.append(self._encode_table_size_change())
+            self.header_table.resized = False
+        for header in headers:
+            key = (header[0], header[1])
+            piece = kept.get(key)
+            if piece is None:
+                if len(kept) >= self.KEPT:
+                    kept.clear()
+                piece = kept[key] = self._literal(_as_bytes(header[0]), _as_bytes(header[1]))
+            block.append(piece)
+        return b"".join(block)
+
+    def _literal(self, name: bytes, value: bytes) -> bytes:
+        index = _STATIC.get((name, value))
+        if index is not None:
+            return _hpack_integer(index, 7, 0x80)
+        first = 0x10 if name in self.SENSITIVE else 0x00
+        index = _STATIC_NAMES.get(name)
+        if index is not None:
+            return _hpack_integer(index, 4, first) + _hpack_string(value)
+        return bytes((first,)) + _hpack_string(name) + _hpack_string(value)
 
 
 class CountingH2Connection(H2Connection):
@@ -178,10 +255,14 @@ class H2ClientProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         # our headers are built lowercase and clean; h2's re-checking of every
-        # outgoing header costs more than sending it
+        # outgoing header costs more than sending it.  Of an answer only
+        # :status and a few headers are read, each parsed defensively: h2's
+        # checks of every incoming header are not needed either.
         config = H2Configuration(client_side=True, header_encoding="utf-8",
-                                 validate_outbound_headers=False, normalize_outbound_headers=False)
+                                 validate_outbound_headers=False, normalize_outbound_headers=False,
+                                 validate_inbound_headers=False)
         self.conn = CountingH2Connection(config, lambda: len(self._streams))
+        self.conn.encoder = LiteralEncoder()
         self.conn.initiate_connection()
         self.conn.update_settings({SettingCodes.ENABLE_PUSH: 0})
         self._last_received = self.reactor.seconds()
@@ -257,6 +338,18 @@ class H2ClientProtocol(Protocol):
         if body:
             self._send_body(stream_id, stream)
         return stream_id
+
+    def cancel(self, stream_id: int) -> None:
+        """Reset ``stream_id`` (CANCEL) and forget it: its handler hears nothing more."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return
+        self._blocked.discard(stream_id)
+        try:
+            self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
+        except H2Error:
+            pass
+        self._stream_closed()
 
     def probe(self) -> None:
         """Make sure the peer is alive before more requests go here: unless

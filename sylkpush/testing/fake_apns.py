@@ -40,22 +40,20 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from h2.config import H2Configuration
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, StreamEnded, StreamReset)
 from h2.exceptions import H2Error
-from h2.settings import SettingCodes, Settings
+from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
 from sylkpush.logs import FORMAT
-from sylkpush.pns.http2 import CountingH2Connection
 from sylkpush.testing.certs import CertificateAuthority, new_ec_key, private_key_pem, public_key_pem
+from sylkpush.testing.h2server import H2ServerProtocol
 
 log = logging.getLogger("sylkpush.testing.fake_apns")  # not __main__ when run with -m
 
@@ -66,8 +64,6 @@ PAYLOAD_LIMIT = 4096
 VOIP_PAYLOAD_LIMIT = 5120
 #: Apple refuses provider tokens older than this
 TOKEN_MAX_AGE = 3600
-#: flow-control window the fake gives its peers, so bursts are not throttled
-WINDOW = 16 * 1024 * 1024
 
 
 def _failure_reason(status: int) -> str:
@@ -94,95 +90,57 @@ class _Request:
 
 
 @implementer(IHandshakeListener)
-class FakeAPNsProtocol(Protocol):
+class FakeAPNsProtocol(H2ServerProtocol):
     """One client connection to the fake."""
 
     def __init__(self, fake: "FakeAPNs") -> None:
+        super().__init__(fake.reactor, fake.max_concurrent_streams)
         self.fake = fake
-        self.conn: Optional[CountingH2Connection] = None
         self.client_certificate = False
         self.requests: Dict[int, _Request] = {}
         self.last_answered = 0
         self.last_received = 0
-        self.closing = False
         #: after a graceful GOAWAY: answering what it took, then closing
         self.draining = False
         #: reads nothing and answers nothing, and never closes (see go_silent)
         self.silent = False
         self.lost = Deferred()
-        self._flush_call: Any = None
 
     def connectionMade(self) -> None:  # noqa: N802
         self.fake._connections.add(self)
         self.fake.connections_made += 1
-        config = H2Configuration(client_side=False, header_encoding="utf-8",
-                                 validate_outbound_headers=False, normalize_outbound_headers=False)
-        self.conn = CountingH2Connection(config, lambda: len(self.requests))
-        # the stream limit must be in the first SETTINGS, or a client may open
-        # more streams before it learns the limit
-        self.conn.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: self.fake.max_concurrent_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
-            SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
-        })
-        self.conn.initiate_connection()
-        self.conn.increment_flow_control_window(WINDOW)
-        self._flush()
+        super().connectionMade()
 
     def handshakeCompleted(self) -> None:  # noqa: N802
         self.client_certificate = self.transport.getPeerCertificate() is not None
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self.closing or self.silent:
-            return
-        try:
-            events = self.conn.receive_data(data)
-        except H2Error as exc:
-            self.fake.protocol_errors.append(str(exc))
-            log.warning("fake APNs: HTTP/2 error from client: %s", exc)
-            self.closing = True
-            self.transport.abortConnection()
-            return
-        for event in events:
-            if isinstance(event, RequestReceived):
-                self._request_started(event)
-            elif isinstance(event, DataReceived):
-                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                request = self.requests.get(event.stream_id)
-                if request is not None:
-                    request.data.append(event.data)
-            elif isinstance(event, StreamEnded):
-                request = self.requests.get(event.stream_id)
-                if request is not None:
-                    self.fake._handle(self, request)
-            elif isinstance(event, StreamReset):
-                self._forget(event.stream_id)
-            elif isinstance(event, ConnectionTerminated):
-                self.closing = True
-                self.transport.loseConnection()
-            if self.closing:
-                return
-        self._flush()
-
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        self.closing = True
+        super().connectionLost(reason)
         for request in self.requests.values():
             if request.timer is not None and request.timer.active():
                 request.timer.cancel()
         self.requests.clear()
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
         self.fake._connections.discard(self)
         self.lost.callback(None)
 
-    # -- used by FakeAPNs -----------------------------------------------------
+    # -- H2ServerProtocol hooks -------------------------------------------------
 
-    def _request_started(self, event: RequestReceived) -> None:
+    def open_streams(self) -> int:
+        return len(self.requests)
+
+    def reading(self) -> bool:
+        return not (self.closing or self.silent)
+
+    def protocol_error(self, error: H2Error) -> None:
+        self.fake.protocol_errors.append(str(error))
+        log.warning("fake APNs: HTTP/2 error from client: %s", error)
+
+    def request_received(self, stream_id: int, headers: List[Tuple[str, str]]) -> None:
         if self.draining:  # opened after our GOAWAY: never processed
-            self.conn.reset_stream(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            self.conn.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        self.last_received = max(self.last_received, event.stream_id)
-        self.requests[event.stream_id] = _Request(event.stream_id, list(event.headers))
+        self.last_received = max(self.last_received, stream_id)
+        self.requests[stream_id] = _Request(stream_id, headers)
         fake = self.fake
         fake.max_open_streams = max(fake.max_open_streams, len(self.requests))
         if fake._drop_next > 0:
@@ -191,11 +149,26 @@ class FakeAPNsProtocol(Protocol):
             fake.dropped += 1
             self.crash()
 
+    def body_received(self, stream_id: int, data: bytes) -> None:
+        request = self.requests.get(stream_id)
+        if request is not None:
+            request.data.append(data)
+
+    def request_complete(self, stream_id: int) -> None:
+        request = self.requests.get(stream_id)
+        if request is not None:
+            self.fake._handle(self, request)
+
+    def stream_reset(self, stream_id: int) -> None:
+        self._forget(stream_id)
+
+    # -- used by FakeAPNs -----------------------------------------------------
+
     def crash(self) -> None:
         """Die with the requests not yet answered.  Answers already counted as
         delivered are flushed first: were they dropped with the connection, a
         client that retried them would be blamed for a duplicate the fake made."""
-        self._flush()
+        self.flush()
         self.closing = True
         if self.silent:  # it reads nothing: a TLS close would wait for its peer forever
             self.transport.abortConnection()
@@ -206,24 +179,18 @@ class FakeAPNsProtocol(Protocol):
         """Write the answer of ``request``; False when the stream or connection is gone."""
         if self.closing or self.silent or self.requests.pop(request.stream_id, None) is None:
             return False
-        headers = [(":status", str(status)), ("apns-id", apns_id)]
+        headers = [("apns-id", apns_id)]
         data = b""
         if body is not None:
             data = json.dumps(body).encode()
-            headers += [("content-type", "application/json"), ("content-length", str(len(data)))]
-        try:
-            self.conn.send_headers(request.stream_id, headers, end_stream=not data)
-            if data:
-                self.conn.send_data(request.stream_id, data, end_stream=True)
-        except H2Error:
+            headers.append(("content-type", "application/json"))
+        if not self.respond(request.stream_id, status, headers, data):
             return False
         self.last_answered = max(self.last_answered, request.stream_id)
         if self.draining and not self.requests:
-            self._flush()
+            self.flush()
             self.closing = True
             self.transport.loseConnection()
-        else:
-            self._flush_soon()
         return True
 
     def go_silent(self) -> None:
@@ -232,7 +199,7 @@ class FakeAPNsProtocol(Protocol):
         server's host dies.  Requests not answered yet are never delivered."""
         if self.closing or self.silent:
             return
-        self._flush()  # answers counted as delivered go out first
+        self.flush()  # answers counted as delivered go out first
         self.silent = True
         for request in self.requests.values():
             if request.timer is not None and request.timer.active():
@@ -245,7 +212,7 @@ class FakeAPNsProtocol(Protocol):
         down does: those streams are still answered, then it closes."""
         if self.closing or self.draining:
             return
-        self._flush()
+        self.flush()
         frame = GoAwayFrame(0)
         frame.last_stream_id = self.last_received
         frame.error_code = ErrorCodes.NO_ERROR
@@ -259,7 +226,7 @@ class FakeAPNsProtocol(Protocol):
     def reset(self, request: _Request) -> None:
         if self.requests.pop(request.stream_id, None) is not None and not self.closing and not self.silent:
             self.conn.reset_stream(request.stream_id, ErrorCodes.INTERNAL_ERROR)
-            self._flush_soon()
+            self.flush_soon()
 
     def goaway(self, reason: str = "") -> None:
         """GOAWAY naming the last answered stream; unanswered ones are dropped undelivered."""
@@ -272,32 +239,19 @@ class FakeAPNsProtocol(Protocol):
         extra = json.dumps({"reason": reason}).encode() if reason else None
         self.conn.close_connection(error_code=ErrorCodes.NO_ERROR, additional_data=extra,
                                    last_stream_id=self.last_answered)
-        self._flush()
+        self.flush()
         self.closing = True
         self.transport.loseConnection()
 
     def set_max_concurrent_streams(self, value: int) -> None:
         if not self.closing:
             self.conn.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: value})
-            self._flush()
+            self.flush()
 
     def _forget(self, stream_id: int) -> None:
         request = self.requests.pop(stream_id, None)
         if request is not None and request.timer is not None and request.timer.active():
             request.timer.cancel()
-
-    def _flush_soon(self) -> None:
-        # answers due at the same moment leave in one TLS write
-        if self._flush_call is None:
-            self._flush_call = self.fake.reactor.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        self._flush_call = None
-        if self.conn is None or self.transport is None:
-            return
-        data = self.conn.data_to_send()
-        if data:
-            self.transport.write(data)
 
 
 class _FakeFactory(Factory):
@@ -360,6 +314,8 @@ class FakeAPNs:
         self.deliveries: Counter = Counter()
         self.answers: Counter = Counter()
         self.requests_received = 0
+        #: the apns-id of each request received ("" when it had none)
+        self.apns_ids_received: List[str] = []
         self.connections_made = 0
         self.max_open_streams = 0
         self.dropped = 0
@@ -490,11 +446,14 @@ class FakeAPNs:
 
     def applications_ini(self, app_id: str = "com.example.fake", app_type: str = "sylk",
                          auth: str = "certificate", section: Optional[str] = None,
-                         voip: bool = False) -> str:
-        """An applications.ini section that points an Apple app at this fake."""
+                         voip: bool = False, apns_id: bool = True) -> str:
+        """An applications.ini section that points an Apple app at this fake
+        (``apns_id``: with our own apns-id, by which the fake counts deliveries)."""
         lines = [f"[{section or app_id}]", f"app_id = {app_id}", f"app_type = {app_type}",
                  "app_platform = apple", f"apple_push_url = {self.authority}",
                  f"tls_ca_file = {self.ca_file}", f"voip = {'true' if voip else 'false'}"]
+        if apns_id:
+            lines.append("apple_apns_id = true")
         if auth == "token":
             lines += [f"apple_key = {self.auth_key_file}", f"key_id = {self.key_id}",
                       f"team_id = {self.team_id}"]
@@ -504,11 +463,12 @@ class FakeAPNs:
         return "\n".join(lines) + "\n"
 
     def app_config(self, app_id: str = "com.example.fake", auth: str = "certificate",
-                   app_type: str = "sylk") -> Any:
+                   app_type: str = "sylk", apns_id: bool = True) -> Any:
         """An :class:`sylkpush.config.AppConfig` for this fake (no config files needed)."""
         from sylkpush.config import AppConfig
         common = dict(section=app_id, app_id=app_id, app_type=app_type, platform="apple",
-                      apple_host=self.host, apple_port=self.port, tls_ca_file=self.ca_file)
+                      apple_host=self.host, apple_port=self.port, tls_ca_file=self.ca_file,
+                      apple_apns_id=apns_id)
         if auth == "token":
             return AppConfig(apple_key=self.auth_key_file, key_id=self.key_id, team_id=self.team_id,
                              **common)
@@ -520,6 +480,7 @@ class FakeAPNs:
     def _handle(self, connection: FakeAPNsProtocol, request: _Request) -> None:
         self.requests_received += 1
         headers = dict(request.headers)
+        self.apns_ids_received.append(headers.get("apns-id", ""))
         apns_id = headers.get("apns-id") or str(uuid.uuid4())
         if self._reset_next > 0:
             self._reset_next -= 1

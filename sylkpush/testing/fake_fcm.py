@@ -1,6 +1,7 @@
 """A fake Firebase Cloud Messaging service on loopback, for tests, benchmarks and demos.
 
-One HTTPS server (TLS with a certificate from a throw-away CA) serves
+One HTTPS server (TLS with a certificate from a throw-away CA; HTTP/2 or
+HTTP/1.1, whichever the client chose with ALPN, as Google's servers do) serves
 
 - ``POST /v1/projects/<project>/messages:send``: FCM HTTP v1, with OAuth2
   bearer tokens checked and messages validated as FCM does;
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import io
 import itertools
 import json
 import logging
@@ -39,12 +41,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import Factory
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from sylkpush.logs import FORMAT
 from sylkpush.testing.certs import CertificateAuthority
+from sylkpush.testing.h2server import AlpnSwitch, H2ServerProtocol
 from sylkpush.web import ConnectionTracker
 
 log = logging.getLogger("sylkpush.testing.fake_fcm")  # not __main__ when run with -m
@@ -56,6 +60,9 @@ BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 CA_FILE_NAME = "fake-fcm-ca.crt"
 SERVICE_ACCOUNT_FILE_NAME = "fake-fcm-service-account.json"
 APPLICATIONS_FILE_NAME = "fake-fcm-applications.ini"
+
+#: what Google's front ends allow on one HTTP/2 connection
+MAX_CONCURRENT_STREAMS = 100
 
 _SEND_PATH = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 _TTL = re.compile(r"^\d+(\.\d{1,9})?s$")
@@ -172,6 +179,125 @@ class _QuietSite(server.Site):
         """No access log: the benchmark pushes thousands of requests a second."""
 
 
+class _H2Request:
+    """One HTTP/2 request, with the part of twisted.web's Request the handlers use."""
+
+    def __init__(self, connection: "_FakeFCMH2", stream_id: int, headers: List[Tuple[str, str]]) -> None:
+        self.connection = connection
+        self.stream_id = stream_id
+        self.transport = connection.transport
+        fields = dict(headers)
+        self.method = fields.get(":method", "").encode("latin-1")
+        self.path = fields.get(":path", "").split("?", 1)[0].encode("latin-1")
+        self._headers = {name.encode("latin-1"): value.encode("latin-1") for name, value in headers}
+        self.content = io.BytesIO()
+        self.finished = False
+        self.code = 200
+        self._out_headers: List[Tuple[str, str]] = []
+        self._body: List[bytes] = []
+        self._finish: Optional[Deferred] = None
+
+    def getHeader(self, name: bytes) -> Optional[bytes]:  # noqa: N802 (twisted.web's name)
+        return self._headers.get(name.lower())
+
+    def setResponseCode(self, code: int) -> None:  # noqa: N802
+        self.code = code
+
+    def setHeader(self, name: bytes, value: bytes) -> None:  # noqa: N802
+        if name.lower() != b"content-length":  # the answer's own length is sent
+            self._out_headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def write(self, data: bytes) -> None:
+        self._body.append(data)
+
+    def finish(self) -> None:
+        self.finished = True
+        self.connection.answer(self, self.code, self._out_headers, b"".join(self._body))
+        if self._finish is not None:
+            self._finish.callback(None)
+
+    def notifyFinish(self) -> Deferred:  # noqa: N802
+        """Fires when the answer is written, fails when the client went away (one caller)."""
+        if self._finish is None:
+            self._finish = Deferred()
+        return self._finish
+
+    def lost(self, reason: str) -> None:
+        """The stream was reset or the connection lost before the answer."""
+        if not self.finished:
+            self.finished = True
+            if self._finish is not None:
+                self._finish.errback(ConnectionError(reason))
+
+
+class _FakeFCMH2(H2ServerProtocol):
+    """An HTTP/2 connection to the fake: each request goes to the same handlers as over HTTP/1.1."""
+
+    def __init__(self, fake: "FakeFCM") -> None:
+        super().__init__(fake.reactor, MAX_CONCURRENT_STREAMS)
+        self.fake = fake
+        self.requests: Dict[int, _H2Request] = {}
+
+    def connectionMade(self) -> None:  # noqa: N802
+        self.fake._h2_connections.add(self)
+        self.fake.h2_connections += 1
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        super().connectionLost(reason)
+        self.fake._h2_connections.discard(self)
+        requests, self.requests = self.requests, {}
+        for request in requests.values():
+            request.lost("connection lost")
+
+    def open_streams(self) -> int:
+        return len(self.requests)
+
+    def request_received(self, stream_id: int, headers: List[Tuple[str, str]]) -> None:
+        self.requests[stream_id] = _H2Request(self, stream_id, headers)
+        self.fake.max_open_streams = max(self.fake.max_open_streams, len(self.requests))
+
+    def body_received(self, stream_id: int, data: bytes) -> None:
+        request = self.requests.get(stream_id)
+        if request is not None:
+            request.content.write(data)
+
+    def request_complete(self, stream_id: int) -> None:
+        request = self.requests.get(stream_id)
+        if request is not None:
+            request.content.seek(0)
+            self.fake.route(request)
+
+    def stream_reset(self, stream_id: int) -> None:
+        request = self.requests.pop(stream_id, None)
+        if request is not None:
+            self.fake.resets += 1
+            request.lost("stream reset")
+
+    def answer(self, request: _H2Request, status: int, headers: List[Tuple[str, str]], body: bytes) -> None:
+        if self.requests.pop(request.stream_id, None) is not None:
+            self.respond(request.stream_id, status, headers, body)
+
+
+class _Switching(Factory):
+    """Connections speak HTTP/2 or HTTP/1.1 (``site``), as the client chose with ALPN."""
+
+    noisy = False  # no "Starting factory" line at each (re)start
+
+    def __init__(self, fake: "FakeFCM", site: server.Site) -> None:
+        self.fake = fake
+        self.site = site
+
+    def startFactory(self) -> None:  # noqa: N802
+        self.site.doStart()
+
+    def stopFactory(self) -> None:  # noqa: N802
+        self.site.doStop()
+
+    def buildProtocol(self, addr: Any) -> AlpnSwitch:  # noqa: N802
+        return AlpnSwitch(_FakeFCMH2(self.fake), self.site.buildProtocol(addr))
+
+
 class FakeFCM:
     """The fake service; ``start()`` listens and writes the service-account file.
 
@@ -198,10 +324,10 @@ class FakeFCM:
         self.ca_file = ca.write(directory, CA_FILE_NAME[:-4])
         issued = ca.server(("localhost", "127.0.0.1", "::1"))
         certificate = ssl.PrivateCertificate.loadPEM(issued.combined_pem)
-        # HTTP/1.1 named in ALPN: recent Twisted aborts a handshake whose ALPN offer it cannot answer
+        # HTTP/1.1 named in ALPN too: recent Twisted aborts a handshake whose ALPN offer it cannot answer
         self._tls = ssl.CertificateOptions(privateKey=certificate.privateKey.original,
                                            certificate=certificate.original,
-                                           acceptableProtocols=[b"http/1.1"])
+                                           acceptableProtocols=[b"h2", b"http/1.1"])
         self._service_key = service_key or rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._public_key_pem = self._service_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -212,6 +338,10 @@ class FakeFCM:
         self.legacy_messages: List[Dict[str, Any]] = []  # every accepted legacy body
         self.deliveries: collections.Counter = collections.Counter()  # device token -> deliveries
         self.push_requests = 0  # push requests received (v1 and legacy, any outcome)
+        self.protocols: collections.Counter = collections.Counter()  # "h2" / "http/1.1" -> requests
+        self.h2_connections = 0  # HTTP/2 connections accepted
+        self.max_open_streams = 0  # most requests open at once on one HTTP/2 connection
+        self.resets = 0  # HTTP/2 requests reset by the client before their answer
         self.token_fetches = 0  # access tokens issued
         self.token_requests = 0  # token endpoint requests (any outcome)
         self.authorizations: List[str] = []  # the access token of each accepted v1 push
@@ -226,6 +356,7 @@ class FakeFCM:
         self._pending: Dict[Any, Any] = {}  # delayed answer -> its request
         self._listening = None
         self._factory: Optional[_Connections] = None
+        self._h2_connections: set = set()
         self._request_waiters: List[Tuple[int, Deferred]] = []
 
     # --- addresses -------------------------------------------------------------
@@ -252,7 +383,7 @@ class FakeFCM:
     def start(self) -> "Deferred[int]":
         """Listen (on the same port as before after a stop); fires with the port."""
         root = _FakeResource(self)
-        self._factory = _Connections(_QuietSite(root), self.reactor)
+        self._factory = _Connections(_Switching(self, _QuietSite(root)), self.reactor)
         self._listening = self.reactor.listenSSL(self.port, self._factory, self._tls, interface=self.interface)
         self.port = self._listening.getHost().port
         if not self.service_account_file:
@@ -273,6 +404,8 @@ class FakeFCM:
         waits = []
         if listening is not None:
             waits.append(listening.stopListening() or succeed(None))
+        for connection in list(self._h2_connections):
+            connection.flush()  # answers counted as delivered leave before the connection closes
         if factory is not None:
             waits.append(factory.drop_all())
         return DeferredList(waits).addCallback(lambda _: None)
@@ -338,6 +471,22 @@ class FakeFCM:
         return "\n".join(lines) + "\n"
 
     # --- request handling ----------------------------------------------------------
+
+    def route(self, request) -> None:
+        """Hand ``request`` (HTTP/1.1 or HTTP/2) to its handler."""
+        self.protocols["h2" if isinstance(request, _H2Request) else "http/1.1"] += 1
+        if request.method != b"POST":
+            return _v1_error(request, 405, "METHOD_NOT_ALLOWED", "Only POST is served.", None)
+        path = request.path.decode("latin-1")
+        match = _SEND_PATH.match(path)
+        if match:
+            self.handle_send(request, match.group(1))
+        elif path == "/fcm/send":
+            self.handle_legacy(request)
+        elif path == "/token":
+            self.handle_token(request)
+        else:
+            _v1_error(request, 404, "NOT_FOUND", f"{path} was not found on this server.", None)
 
     def _arrived(self) -> None:
         self.push_requests += 1
@@ -542,21 +691,8 @@ class _FakeResource(Resource):
         super().__init__()
         self.fake = fake
 
-    def render_POST(self, request):  # noqa: N802 (twisted.web's name)
-        path = request.path.decode("latin-1")
-        match = _SEND_PATH.match(path)
-        if match:
-            self.fake.handle_send(request, match.group(1))
-        elif path == "/fcm/send":
-            self.fake.handle_legacy(request)
-        elif path == "/token":
-            self.fake.handle_token(request)
-        else:
-            _v1_error(request, 404, "NOT_FOUND", f"{path} was not found on this server.", None)
-        return server.NOT_DONE_YET
-
-    def render_GET(self, request):  # noqa: N802
-        _v1_error(request, 405, "METHOD_NOT_ALLOWED", "Only POST is served.", None)
+    def render(self, request):
+        self.fake.route(request)
         return server.NOT_DONE_YET
 
 

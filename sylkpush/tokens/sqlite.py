@@ -8,6 +8,13 @@ failure does not undo the others), commits, and only then answers all of it:
 one fsync covers a whole burst of registrations.  With WAL and
 ``synchronous = FULL`` a committed registration survives the process being
 killed at any point, and the machine losing power.
+
+Several workers (processes) may share the database: each write transaction
+holds SQLite's write lock (``BEGIN IMMEDIATE``, waiting up to
+``BUSY_TIMEOUT_MS`` for another process), and the device count lives in the
+database (``meta``), so every process reads the count its last write left.
+:func:`prepare_database` creates the database and imports the pickle file
+once, before the workers start.
 """
 
 from __future__ import annotations
@@ -241,6 +248,11 @@ class SQLiteTokenStore(TokenStore):
                 else:
                     connection.execute(f"ROLLBACK TO s{number}")
                     connection.execute(f"RELEASE s{number}")
+            delta = sum(job.delta for job in jobs if job.error is None)
+            if delta:
+                connection.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE name = 'devices'",
+                                   (delta,))
+            count = connection.execute("SELECT CAST(value AS INTEGER) FROM meta WHERE name = 'devices'").fetchone()
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             log.error("token store %s: a transaction failed: %s", self.path, exc)
@@ -252,7 +264,8 @@ class SQLiteTokenStore(TokenStore):
             for job in jobs:
                 job.error = job.error or StorageError(f"token store error: {exc}")
             return
-        self.count = (self.count or 0) + sum(job.delta for job in jobs if job.error is None)
+        # the count other processes' writes left, plus ours
+        self.count = count[0] if count else (self.count or 0) + delta
 
     @staticmethod
     def _run_one(connection: Optional[sqlite3.Connection], job: _Job) -> bool:
@@ -290,6 +303,7 @@ class SQLiteTokenStore(TokenStore):
                 connection.execute(statement)
             self._import_pickle(connection)
             count = connection.execute("SELECT count(*) FROM push_tokens").fetchone()[0]
+            connection.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('devices', ?)", (str(count),))
             connection.execute("COMMIT")
         except sqlite3.Error as exc:
             connection.close()
@@ -331,3 +345,12 @@ class SQLiteTokenStore(TokenStore):
             except sqlite3.Error as exc:
                 log.error("token store %s: closing failed: %s", self.path, exc)
             self._connection = None
+
+
+def prepare_database(directory: str) -> None:
+    """Create the database in ``directory`` and import the original's pickle
+    file (once), then close it: what the first open does, done before
+    several workers open it (StorageUnavailable when it cannot be used)."""
+    store = SQLiteTokenStore(directory, reactor=None)
+    store._open(None)
+    store._close_connection()

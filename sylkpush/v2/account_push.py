@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from twisted.internet.defer import DeferredList, ensureDeferred
+from twisted.internet.defer import DeferredList
 
 from sylkpush.dispatch import Answer, ApiError, Dispatcher, PreparedPush
 from sylkpush.tokens import Device, StorageError, StorageUnavailable, TokenStore
@@ -92,7 +92,7 @@ class AccountPusher:
             self.dispatcher.refused(first_refusal.code)
             return Answer(first_refusal.code, first_refusal.description, first_refusal.data)
 
-        sent = await DeferredList([ensureDeferred(self.dispatcher.deliver(p)) for p in prepared],
+        sent = await DeferredList([self.dispatcher.deliver(p) for p in prepared],
                                   consumeErrors=True)
         answers = iter(sent)
         results: List[Dict[str, Any]] = []

@@ -32,6 +32,11 @@ class SylkPushServiceMaker:
         setup_logging(foreground=bool(parent.get("nodaemon")), debug=settings.debug,
                       log_file=settings.log_file if settings.log_to_file else "",
                       debug_hpack=settings.debug_hpack, forward_twisted=False)
+        if settings.workers > 1:
+            import logging
+            logging.getLogger("sylkpush").warning(
+                "workers = %d in general.ini: twistd runs one process; run sylk-pushserver for several",
+                settings.workers)
         drain = options["drain_timeout"]
         return PushServer(settings, drain_timeout=DRAIN_TIMEOUT if drain is None else drain,
                           handle_sighup=True)
