@@ -246,14 +246,18 @@ class AccessAndModeTests(unittest.TestCase):
                          "push service for Apple com.example.sylk is not available: "
                          "no push service module for platform apple")
 
-    @defer.inlineCallbacks
-    def test_tls_listening(self):
+    def start_tls_server(self):
+        """A server on HTTPS with a certificate for 127.0.0.1: its URL and the CA file to trust."""
         ca = CertificateAuthority()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         pem, _ = ca.server(("127.0.0.1",)).write(directory, "api", combined=True)
-        ca_path = ca.write(directory)
         _, url = start_server(self, SYLK_APPLE, f"[server]\ntls_certificate = {pem}\n")
+        return url, ca.write(directory)
+
+    @defer.inlineCallbacks
+    def test_tls_listening(self):
+        url, ca_path = self.start_tls_server()
         with open(ca_path, "rb") as stream:
             trust = ssl.Certificate.loadPEM(stream.read())
         agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=trust),
@@ -268,12 +272,7 @@ class AccessAndModeTests(unittest.TestCase):
     def test_tls_listening_with_clients_that_offer_alpn(self):
         """curl, Python's http.client (sylk-pushclient) and Go offer ALPN: the
         handshake settles on HTTP/1.1 instead of being aborted."""
-        ca = CertificateAuthority()
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        pem, _ = ca.server(("127.0.0.1",)).write(directory, "api", combined=True)
-        ca_path = ca.write(directory)
-        _, url = start_server(self, SYLK_APPLE, f"[server]\ntls_certificate = {pem}\n")
+        url, ca_path = self.start_tls_server()
         port = int(url.rsplit(":", 1)[1])
 
         def get_health(offer):
