@@ -99,6 +99,14 @@ def load_tls_certificate(path: str) -> ssl.PrivateCertificate:
         raise ConfigFileError(f"tls_certificate {path} must hold a PEM certificate and its key: {exc}") from None
 
 
+def api_tls_options(certificate: ssl.PrivateCertificate) -> ssl.CertificateOptions:
+    """The API's TLS settings.  HTTP/1.1 is named for ALPN because clients
+    (curl, Python's http.client, Go) offer it, and recent Twisted releases abort
+    a handshake whose offer the server has nothing to answer with."""
+    return ssl.CertificateOptions(privateKey=certificate.privateKey.original, certificate=certificate.original,
+                                  acceptableProtocols=[b"http/1.1"])
+
+
 def hand_over_waiting(retired: List[Any], registry: AppRegistry) -> None:
     """Pushes still queued at a client that a reload replaces go to its
     successor (same app id and platform) instead of being answered 503:
@@ -327,12 +335,11 @@ class PushServer(service.Service):
     def listen(self) -> Any:
         """Open the API port (TLS when tls_certificate is set)."""
         host, port = self.settings.host, self.settings.port
+        tls = api_tls_options(self._certificate) if self._certificate is not None else None
         if self.listening is not None:
-            listening = share_port(self.reactor, self.listening, self.connections,
-                                   self._certificate.options() if self._certificate is not None else None)
-        elif self._certificate is not None:
-            listening = self.reactor.listenSSL(port, self.connections, self._certificate.options(),
-                                               backlog=LISTEN_BACKLOG, interface=host)
+            listening = share_port(self.reactor, self.listening, self.connections, tls)
+        elif tls is not None:
+            listening = self.reactor.listenSSL(port, self.connections, tls, backlog=LISTEN_BACKLOG, interface=host)
         else:
             listening = self.reactor.listenTCP(port, self.connections, backlog=LISTEN_BACKLOG,
                                                interface=host)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import ssl as stdlib_ssl
 
 import treq
 
 from treq.client import HTTPClient
-from twisted.internet import defer, reactor, ssl, task
+from twisted.internet import defer, reactor, ssl, task, threads
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.trial import unittest
@@ -244,14 +246,18 @@ class AccessAndModeTests(unittest.TestCase):
                          "push service for Apple com.example.sylk is not available: "
                          "no push service module for platform apple")
 
-    @defer.inlineCallbacks
-    def test_tls_listening(self):
+    def start_tls_server(self):
+        """A server on HTTPS with a certificate for 127.0.0.1: its URL and the CA file to trust."""
         ca = CertificateAuthority()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         pem, _ = ca.server(("127.0.0.1",)).write(directory, "api", combined=True)
-        ca_path = ca.write(directory)
         _, url = start_server(self, SYLK_APPLE, f"[server]\ntls_certificate = {pem}\n")
+        return url, ca.write(directory)
+
+    @defer.inlineCallbacks
+    def test_tls_listening(self):
+        url, ca_path = self.start_tls_server()
         with open(ca_path, "rb") as stream:
             trust = ssl.Certificate.loadPEM(stream.read())
         agent = Agent(reactor, BrowserLikePolicyForHTTPS(trustRoot=trust),
@@ -261,3 +267,26 @@ class AccessAndModeTests(unittest.TestCase):
         response = yield client.post(url + "/push", json=wakeup())
         body = yield response.json()
         self.assertEqual((response.code, body["code"]), (200, 200))
+
+    @defer.inlineCallbacks
+    def test_tls_listening_with_clients_that_offer_alpn(self):
+        """curl, Python's http.client (sylk-pushclient) and Go offer ALPN: the
+        handshake settles on HTTP/1.1 instead of being aborted."""
+        url, ca_path = self.start_tls_server()
+        port = int(url.rsplit(":", 1)[1])
+
+        def get_health(offer):
+            context = stdlib_ssl.create_default_context(cafile=ca_path)
+            context.set_alpn_protocols(offer)
+            connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=30, context=context)
+            try:
+                connection.request("GET", "/health")
+                response = connection.getresponse()
+                response.read()
+                return connection.sock.selected_alpn_protocol(), response.status
+            finally:
+                connection.close()
+
+        for offer in (["h2", "http/1.1"], ["http/1.1"]):
+            protocol, status = yield threads.deferToThread(get_health, offer)
+            self.assertEqual((protocol, status), ("http/1.1", 200))
