@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
+import idna
+
 from sylkpush.config_keys import application_warnings, general_warnings
 from sylkpush.expiry import pem_file_not_after
 from sylkpush.notification import PLATFORM_ALIASES
@@ -127,7 +129,8 @@ def parse_networks(value: str) -> Tuple[IPNetwork, ...]:
 
 
 def valid_host(host: str) -> bool:
-    """True for an IP address or a host name made of valid ASCII labels."""
+    """True for an IP address or a host name made of valid ASCII labels
+    (``_`` included: resolvers accept it, e.g. in container names)."""
     try:
         ipaddress.ip_address(host)
         return True
@@ -135,6 +138,24 @@ def valid_host(host: str) -> bool:
         pass
     labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
     return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
+def valid_url_host(host: str) -> bool:
+    """:func:`valid_host`, and a name the IDNA encoding of Twisted's TLS and
+    of URLs accepts (no ``_``, no ``--`` in the third and fourth places
+    unless in a valid ``xn--`` label): a client never fails on it later."""
+    if not valid_host(host):
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        idna.encode(host)
+    except idna.IDNAError:
+        return False
+    return True
 
 
 def read_ini(path: str) -> Tuple[configparser.ConfigParser, Dict[Tuple[str, str], int]]:
@@ -412,7 +433,7 @@ def _split_host_port(value: str) -> Tuple[str, int]:
         host, port = parts.hostname, parts.port or 443
     except ValueError:
         raise SettingError("has an invalid port", "apple_push_url") from None
-    if not host or parts.path.strip("/") or not valid_host(host):
+    if not host or parts.path.strip("/") or not valid_url_host(host):
         raise SettingError("must be host or host:port, with a valid host name", "apple_push_url")
     return host, port
 
@@ -428,7 +449,7 @@ def _http_url(value: str, key: str) -> str:
     except ValueError:
         raise SettingError("has an invalid port", key) from None
     if not value.isascii() or " " in value or parts.scheme not in ("https", "http") \
-            or not parts.hostname or not valid_host(parts.hostname):
+            or not parts.hostname or not valid_url_host(parts.hostname):
         raise SettingError("must be an http(s) URL with a valid host name, in ASCII", key)
     return value
 

@@ -270,6 +270,44 @@ firebase_push_url = https://[::1/v1
             "unclosed-bracket": "line 42: firebase_push_url must be an http(s) URL with a valid host name, in ASCII"})
         self.assertEqual((apps[0].apple_host, apps[0].apple_port), ("::1", 2197))
 
+    def test_host_names_tls_cannot_use(self):
+        # these pass a look at their characters but not the IDNA encoding the
+        # TLS connection does when the client is built
+        _, (apps, problems) = self.load("""
+[fcm-underscore]
+app_id = a
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://_/x
+[fcm-underscore-label]
+app_id = b
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://push_1.example.com/v1
+[apple-hyphens]
+app_id = c
+app_type = sylk
+app_platform = apple
+apple_push_url = ab--cd.example.com
+[apple-a-label]
+app_id = d
+app_type = sylk
+app_platform = apple
+apple_push_url = xn--zz.example.com:2197
+[fine]
+app_id = e
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://FCM.Example.com:8443/v1
+""")
+        self.assertEqual([app.section for app in apps], ["fine"])
+        self.assertEqual(dict(problems), {
+            "fcm-underscore": "line 6: firebase_push_url must be an http(s) URL with a valid host name, in ASCII",
+            "fcm-underscore-label": "line 11: firebase_push_url must be an http(s) URL with a valid host name, "
+                                    "in ASCII",
+            "apple-hyphens": "line 16: apple_push_url must be host or host:port, with a valid host name",
+            "apple-a-label": "line 21: apple_push_url must be host or host:port, with a valid host name"})
+
     def test_unreadable_file(self):
         directory = make_config_dir("[broken\n")
         self.assertRaises(ConfigFileError, load_applications, load_settings(directory))
