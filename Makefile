@@ -125,4 +125,5 @@ soak: $(STAMP)
 	  --platforms $(PLATFORMS) $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info run tests/cassandra/target
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info run tests/cassandra/target \
+	  .hypothesis .mypy_cache config/demo twisted/plugins/dropin.cache
