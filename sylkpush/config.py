@@ -1,4 +1,4 @@
-"""Configuration: general.ini and applications.ini (SPEC §3).
+"""Configuration: general.ini and applications.ini (keys and defaults: docs/configuration.md).
 
 Everything is loaded into immutable objects.  A broken application section
 never stops the others: :func:`load_applications` returns the good ones and a
@@ -244,7 +244,7 @@ class CassandraSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """general.ini, with every default of SPEC §3."""
+    """general.ini; a key the file leaves out has the default written here."""
 
     config_dir: str
     host: str = DEFAULT_HOST

@@ -1,4 +1,4 @@
-"""From a decoded wake-up request to a push result (SPEC §4–§6).
+"""From a decoded wake-up request to a push result (docs/api.md says what callers see).
 
 :meth:`Dispatcher.prepare` validates the request, finds its application and
 renders headers and payload; :meth:`Dispatcher.deliver` hands the result to
@@ -25,7 +25,7 @@ from sylkpush.registry import Application, AppRegistry
 
 log = logging.getLogger(__name__)
 
-#: retry budgets (SPEC §6): calls and their cancels, everything else
+#: how long a push may be tried (its deadline): calls and their cancels, everything else
 CALL_DEADLINE = 64.0
 OTHER_DEADLINE = 17 * 60.0
 #: seconds past a push's deadline after which the dispatcher answers for a
@@ -87,7 +87,7 @@ RefusalObserver = Callable[[int], None]
 
 
 def result_data(prepared: PreparedPush, result: PushResult) -> Dict[str, Any]:
-    """The ``data`` object of a push answer (SPEC §4)."""
+    """The ``data`` object of a push answer (see docs/api.md)."""
     return {
         "code": result.code,
         "reason": result.reason,

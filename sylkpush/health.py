@@ -1,4 +1,4 @@
-"""``GET /health`` (SPEC §12): the state of every configured application.
+"""``GET /health``: the state of every configured application.
 
 The answer is the usual JSON envelope; ``data`` maps each application
 (``<platform>/<app_id>``) to its client's ``status()`` plus ``up``.  An

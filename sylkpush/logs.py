@@ -1,4 +1,4 @@
-"""Logging set-up (SPEC §8): console, systemd journal, optional file.
+"""Logging set-up: console, systemd journal, optional file.
 
 Handlers that write to files or sockets run in a writer thread behind a
 bounded buffer, so a slow disk or journal never blocks the reactor; when the

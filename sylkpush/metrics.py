@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §12): ``GET /metrics``.
+"""Prometheus metrics: ``GET /metrics``.
 
 Each server has its own :class:`~prometheus_client.CollectorRegistry` (never
 the process-wide default), so several servers in one process (the tests) do

@@ -1,4 +1,4 @@
-"""The v1 wake-up request: its fields, aliases and validation rules (SPEC §4).
+"""The v1 wake-up request: its fields, aliases and validation rules (docs/api.md).
 
 :func:`parse_notification` turns the decoded JSON object into an immutable
 :class:`Notification` or raises :class:`ValidationError` naming the field and

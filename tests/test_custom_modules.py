@@ -1,4 +1,4 @@
-"""Custom applications and push services from the config directory (SPEC §5),
+"""Custom applications and push services from the config directory,
 using the shipped templates config/applications/myapp.py and config/pns/mypns.py."""
 
 from __future__ import annotations

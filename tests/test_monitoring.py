@@ -1,4 +1,4 @@
-"""GET /health and GET /metrics (SPEC §12)."""
+"""GET /health and GET /metrics."""
 
 from __future__ import annotations
 

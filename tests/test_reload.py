@@ -1,4 +1,4 @@
-"""Live reload of applications.ini (SPEC §10): file changes, SIGHUP, broken files."""
+"""Live reload of applications.ini: file changes, SIGHUP, broken files."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Remote HTTP logging (SPEC §9): shape, key logging, dead and silent URLs, the cap."""
+"""Remote HTTP logging: shape, key logging, dead and silent URLs, the cap."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing doubled (SPEC §13): /push under load while the fake APNs misbehaves.
+"""Nothing lost, nothing doubled: /push under load while the fake APNs misbehaves.
 
 The daemon runs in-process with its real Apple client; a fake APNs on
 loopback drops connections mid-stream, says GOAWAY, answers 5xx bursts,

@@ -1,4 +1,4 @@
-"""Secrets never reach a log line (SPEC §8), through the daemon's own logging set-up.
+"""Secrets never reach a log line, through the daemon's own logging set-up.
 
 A client double logs, at DEBUG, the kinds of lines real clients write:
 authorization headers (as text, dict and HTTP/2 header tuples), a provider
