@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=HERE)
@@ -138,7 +138,6 @@ class Daemon:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"),
                                         env=dict(os.environ, PYTHONPATH=source), cwd=source,
                                         preexec_fn=raise_fd_limit)
-        self.profiler: Optional[subprocess.Popen] = None
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.process.poll() is not None:

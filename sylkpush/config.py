@@ -388,7 +388,6 @@ class AppConfig:
     team_id: str = ""
     apple_host: str = "api.push.apple.com"
     apple_port: int = 443
-    voip: bool = False
     #: send an apns-id of our own with each push (the same on every try of it)
     apple_apns_id: bool = False
     # Firebase
@@ -409,11 +408,6 @@ class AppConfig:
     @property
     def key(self) -> Tuple[str, str]:
         return (self.app_id, self.platform)
-
-    @property
-    def apple_token_auth(self) -> bool:
-        """True when the section uses a .p8 key with key_id/team_id."""
-        return bool(self.key_id and self.team_id)
 
     @property
     def firebase_legacy(self) -> bool:
@@ -493,6 +487,8 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
     firebase_url = values.get("firebase_push_url", "").strip()
     if firebase_url:
         _http_url(firebase_url, "firebase_push_url")
+    # accepted as the original accepts it; the event decides whether a push is VoIP
+    _bool(values.get("voip", "false"), "voip")
     remote_urls = tuple(_http_url(u.strip(), "log_remote_urls")
                         for u in values.get("log_remote_urls", "").split(",") if u.strip())
     try:
@@ -511,7 +507,6 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         key_id=values.get("key_id", "").strip(),
         team_id=values.get("team_id", "").strip(),
         apple_host=host, apple_port=port,
-        voip=_bool(values.get("voip", "false"), "voip"),
         apple_apns_id=_bool(values.get("apple_apns_id", "false"), "apple_apns_id"),
         firebase_push_url=firebase_url,
         firebase_authorization_file=files["firebase_authorization_file"],

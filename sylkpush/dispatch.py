@@ -76,9 +76,6 @@ class Answer:
     #: an object; a list for the answers that hold one result per device (v2)
     data: Union[Dict[str, Any], List[Any]]
 
-    def envelope(self) -> Dict[str, Any]:
-        return {"code": self.code, "description": self.description, "data": self.data}
-
 
 #: an observer sees every finished push (metrics, remote logging); it must not raise
 ResultObserver = Callable[[PreparedPush, PushResult], None]
@@ -258,12 +255,3 @@ class Dispatcher:
                     outcome.callback(result)
         sending.addBoth(done)
         return outcome
-
-    async def dispatch(self, body: Any, client_address: str) -> Answer:
-        """prepare + deliver, with refusals turned into answers."""
-        try:
-            prepared = self.prepare(body, client_address)
-        except ApiError as exc:
-            self.refused(exc.code)
-            return Answer(exc.code, exc.description, exc.data)
-        return await self.deliver(prepared)

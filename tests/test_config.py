@@ -166,7 +166,7 @@ log_remote_key = id
 """, files=("cert.pem", "ca.pem", "sa.json"))
         self.assertEqual(problems, [])
         ios, android = apps
-        self.assertEqual((ios.key, ios.app_type, ios.voip), (("com.example.app.prod", "apple"), "sylk", True))
+        self.assertEqual((ios.key, ios.app_type), (("com.example.app.prod", "apple"), "sylk"))
         self.assertEqual((ios.apple_host, ios.apple_port), ("api.sandbox.push.apple.com", 2197))
         self.assertEqual(ios.apple_certificate, os.path.join(directory, "credentials", "cert.pem"))
         self.assertEqual(ios.tls_ca_file, os.path.join(directory, "credentials", "ca.pem"))

@@ -127,7 +127,7 @@ class MetricsTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_counts_after_a_mixed_run(self):
-        apple, firebase = self.client(), self.client("firebase")
+        apple = self.client()
         apple.answers["gone"] = PushResult(410, "Unregistered", "https://push.test/gone")
         apple.answers["down"] = PushResult(503, "no connection", "https://push.test/down")
         hanging = Deferred()

@@ -23,9 +23,6 @@ class _Mute(Protocol):
         self.hole.connections.append(self)
         self.hole.accepted += 1
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.hole.bytes_received += len(data)
-
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.hole.connections.remove(self)
         self.lost.callback(None)
@@ -41,7 +38,6 @@ class BlackHole(Factory):
         self.host = host
         self.port = 0
         self.accepted = 0
-        self.bytes_received = 0
         self.connections: List[_Mute] = []
         self._listening: Any = None
 

@@ -304,7 +304,6 @@ class FakeAPNs:
             stream.write(private_key_pem(signing_key))
         self._public_key = load_pem_public_key(public_key_pem(signing_key))
         self._tls = self._server_options(require_certificate)
-        self._require_certificate = require_certificate
         #: while True, (re)starts present a certificate from another CA
         self.wrong_certificate = False
         self._listening: Any = None

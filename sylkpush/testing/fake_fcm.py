@@ -442,11 +442,6 @@ class FakeFCM:
         """Every access token issued so far is refused from now on (401)."""
         self.access_tokens.clear()
 
-    def expire_access_tokens(self) -> None:
-        now = self.reactor.seconds()
-        for token in self.access_tokens:
-            self.access_tokens[token] = now
-
     def wait_for_requests(self, count: int) -> Deferred:
         """Fires once ``count`` push requests in total have arrived."""
         d: Deferred = Deferred()
