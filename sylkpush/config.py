@@ -46,11 +46,17 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
 
-class ConfigFileError(Exception):
-    """general.ini or applications.ini cannot be used at all."""
+class ConfigError(Exception):
+    """A configuration cannot be used; the message says why.
+
+    Raised for a file as a whole (general.ini or applications.ini does not
+    parse: the server does not start, a reload keeps what runs) and for one
+    application's settings, its files or its modules (that application is
+    left out).  Custom push services raise it from their constructor.
+    """
 
 
-class SettingError(ConfigFileError):
+class SettingError(ConfigError):
     """One value breaks ``rule``; the message names the key, never the value."""
 
     def __init__(self, rule: str, key: str = "") -> None:
@@ -167,17 +173,17 @@ def read_ini(path: str) -> Tuple[configparser.ConfigParser, Dict[Tuple[str, str]
         with open(path, "rb") as stream:
             data = stream.read()
     except OSError as exc:
-        raise ConfigFileError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigFileError(f"cannot read {path}: line {line} is not UTF-8 text") from None
+        raise ConfigError(f"cannot read {path}: line {line} is not UTF-8 text") from None
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text, source=path)
     except configparser.Error as exc:
-        raise ConfigFileError(f"cannot read {path}: {_parse_error(exc)}") from None
+        raise ConfigError(f"cannot read {path}: {_parse_error(exc)}") from None
     return parser, _key_lines(parser, text)
 
 
@@ -217,12 +223,12 @@ def find_config_dir(explicit: Optional[str]) -> str:
     """The directory given with --config_dir, else the first default that exists."""
     if explicit:
         if not os.path.isdir(explicit):
-            raise ConfigFileError(f"configuration directory {explicit} does not exist")
+            raise ConfigError(f"configuration directory {explicit} does not exist")
         return os.path.abspath(explicit)
     for candidate in DEFAULT_CONFIG_DIRS:
         if os.path.isdir(candidate):
             return os.path.abspath(candidate)
-    raise ConfigFileError("no configuration directory: tried " + ", ".join(DEFAULT_CONFIG_DIRS))
+    raise ConfigError("no configuration directory: tried " + ", ".join(DEFAULT_CONFIG_DIRS))
 
 
 @dataclass(frozen=True)
@@ -307,7 +313,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
         except SettingError as exc:
             line = lines.get((section, key))
             where = f"{general} line {line}" if line else general
-            raise ConfigFileError(f"{where}: [{section}] {key} {exc.rule}") from None
+            raise ConfigError(f"{where}: [{section}] {key} {exc.rule}") from None
 
     file_debug = setting("server", "debug", "false", _bool)
     return Settings(
@@ -341,7 +347,7 @@ def _cassandra_settings(setting: Callable[..., Any], get: Callable[[str, str, st
     contact_points, port = setting("Cassandra", "cluster_contact_points", "", _contact_points)
     username, password = get("Cassandra", "username", ""), get("Cassandra", "password", "")
     if bool(username) != bool(password):
-        raise ConfigFileError(f"{general}: [Cassandra] username and password go together")
+        raise ConfigError(f"{general}: [Cassandra] username and password go together")
     return CassandraSettings(
         contact_points=contact_points, port=port,
         keyspace=setting("Cassandra", "keyspace", "", lambda value: _identifier(value or DEFAULT_KEYSPACE)),
@@ -551,7 +557,7 @@ def load_applications(settings: Settings) -> Tuple[List[AppConfig], List[Tuple[s
     """Parse applications.ini.
 
     Returns the usable applications and ``(section, reason)`` for each section
-    left out.  Raises :class:`ConfigFileError` when the file itself cannot be
+    left out.  Raises :class:`ConfigError` when the file itself cannot be
     read or parsed (a reload then keeps the previous applications).
     """
     path = settings.path(settings.applications_file)

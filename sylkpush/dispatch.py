@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from sylkpush.notification import (Notification, ValidationError, check_strings, parse_app_id, parse_notification,
                                    parse_platform)
 from sylkpush.pns.base import OutgoingPush, PushResult
-from sylkpush.registry import Application, AppRegistry
+from sylkpush.app_registry import Application, AppRegistry
 
 log = logging.getLogger(__name__)
 

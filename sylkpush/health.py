@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional
 from twisted.web import server
 
 from sylkpush.expiry import ExpiryWatch
-from sylkpush.registry import Application, AppRegistry
+from sylkpush.app_registry import Application, AppRegistry
 from sylkpush.web import JsonResource, write_json
 
 log = logging.getLogger(__name__)

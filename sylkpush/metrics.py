@@ -34,7 +34,7 @@ from twisted.web import server
 from sylkpush.dispatch import Dispatcher, PreparedPush
 from sylkpush.pns.base import PushResult
 from sylkpush.pns.engine import DeliveryClient
-from sylkpush.registry import AppRegistry
+from sylkpush.app_registry import AppRegistry
 from sylkpush.web import JsonResource
 
 log = logging.getLogger(__name__)

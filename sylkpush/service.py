@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThread
 from twisted.web.server import Site
 
 from sylkpush.api_keys import ApiKeys, read_keys
-from sylkpush.config import ConfigFileError, Settings, load_applications
+from sylkpush.config import ConfigError, Settings, load_applications
 from sylkpush.connections import RESERVED_DESCRIPTORS, ApiConnections
 from sylkpush.dispatch import Dispatcher
 from sylkpush.expiry import Credential, ExpiryWatch, app_credentials, certificate_not_after
@@ -25,8 +25,9 @@ from sylkpush.exposure import open_access_warning
 from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
 from sylkpush.pns.base import UNANSWERED_AT_SHUTDOWN, PushClient
-from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, default_client_class, log_problems,
-                               rebuild_registry, start_clients)
+from sylkpush.pns.client_classes import client_class
+from sylkpush.app_registry import (AppRegistry, ClientClassFinder, build_registry, log_problems, rebuild_registry,
+                                   start_clients)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
 from sylkpush.remote_log import RemoteLogger
 from sylkpush.tokens import make_store
@@ -94,9 +95,9 @@ def load_tls_certificate(path: str) -> ssl.PrivateCertificate:
         with open(path, "rb") as stream:
             return ssl.PrivateCertificate.loadPEM(stream.read())
     except OSError as exc:
-        raise ConfigFileError(f"tls_certificate {path}: {exc.strerror}") from None
+        raise ConfigError(f"tls_certificate {path}: {exc.strerror}") from None
     except Exception as exc:  # pyOpenSSL raises several types for bad PEM
-        raise ConfigFileError(f"tls_certificate {path} must hold a PEM certificate and its key: {exc}") from None
+        raise ConfigError(f"tls_certificate {path} must hold a PEM certificate and its key: {exc}") from None
 
 
 def hand_over_waiting(retired: List[Any], registry: AppRegistry) -> None:
@@ -121,7 +122,7 @@ class PushServer(service.Service):
     """Owns the application registry, the dispatcher and the listening port."""
 
     def __init__(self, settings: Settings, reactor: Any = None,
-                 find_client: ClientClassFinder = default_client_class,
+                 find_client: ClientClassFinder = client_class,
                  drain_timeout: float = DRAIN_TIMEOUT, watch_interval: float = POLL_INTERVAL,
                  handle_sighup: bool = False, listening: Optional[socket.socket] = None) -> None:
         if reactor is None:
@@ -272,7 +273,7 @@ class PushServer(service.Service):
     async def _reload_once(self) -> bool:
         try:
             configs, problems = await deferToThread(load_applications, self.settings)
-        except ConfigFileError as exc:
+        except ConfigError as exc:
             log.error("reload: %s; the previous applications stay active", exc)
             return False
         if not self.running:

@@ -9,7 +9,7 @@ import sys
 
 from twisted.trial import unittest
 
-from sylkpush.config import (ConfigFileError, find_config_dir, load_applications, load_settings,
+from sylkpush.config import (ConfigError, find_config_dir, load_applications, load_settings,
                              parse_networks)
 from tests.helpers import make_config_dir
 
@@ -72,7 +72,7 @@ class SettingsTests(unittest.TestCase):
                 ("keyspace = sylk-pushserver", "line 2: [Cassandra] keyspace must be a letter followed by letters"),
                 ("table = tokens;drop", "line 2: [Cassandra] table must be a letter followed by letters"),
                 ("username = pusher", "[Cassandra] username and password go together")):
-            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", f"[Cassandra]\n{text}\n"))
+            exc = self.assertRaises(ConfigError, load_settings, make_config_dir("", f"[Cassandra]\n{text}\n"))
             self.assertIn(message, str(exc))
 
     def test_bad_values(self):
@@ -80,7 +80,7 @@ class SettingsTests(unittest.TestCase):
                               ("[server]\nreturn_async = perhaps\n", "return_async"),
                               ("[server]\nallowed_hosts = 10.0.0.300\n", "allowed_hosts"),
                               ("not an ini file\n", "cannot read")):
-            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", text))
+            exc = self.assertRaises(ConfigError, load_settings, make_config_dir("", text))
             self.assertIn(message, str(exc))
 
     def test_networks(self):
@@ -89,11 +89,11 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(str(networks[1]), "::1/128")
 
     def test_networks_that_would_allow_more_than_written_are_refused(self):
-        exc = self.assertRaises(ConfigFileError, parse_networks, "127.0.0.1, 10.1.2.3/8")
+        exc = self.assertRaises(ConfigError, parse_networks, "127.0.0.1, 10.1.2.3/8")
         self.assertEqual(str(exc), "entry '10.1.2.3/8' has host bits set: write 10.0.0.0/8 for the whole network "
                                    "or 10.1.2.3 for the one address")
         for value in (",", " , ,"):  # once read as "no list": everyone allowed
-            exc = self.assertRaises(ConfigFileError, load_settings,
+            exc = self.assertRaises(ConfigError, load_settings,
                                     make_config_dir("", f"[server]\nallowed_hosts = {value}\n"))
             self.assertIn("line 2: [server] allowed_hosts lists no address", str(exc))
 
@@ -109,15 +109,15 @@ class SettingsTests(unittest.TestCase):
                 (f"[server]\nrequest_timeout = -{secret}\n", "[server] request_timeout must be a number"),
                 ("[server]\nmax_connections = 0\n", "line 2: [server] max_connections must be an integer of "
                                                       "at least 1")):
-            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", general))
+            exc = self.assertRaises(ConfigError, load_settings, make_config_dir("", general))
             self.assertIn(expected, str(exc))
             self.assertNotIn(secret, str(exc))
         directory = make_config_dir("")
         with open(os.path.join(directory, "general.ini"), "wb") as stream:
             stream.write(b"[server]\n\n; caf\xe9\n")
-        exc = self.assertRaises(ConfigFileError, load_settings, directory)
+        exc = self.assertRaises(ConfigError, load_settings, directory)
         self.assertIn("line 3 is not UTF-8 text", str(exc))
-        exc = self.assertRaises(ConfigFileError, load_applications,
+        exc = self.assertRaises(ConfigError, load_applications,
                                 load_settings(make_config_dir(f"[a]\napp_id = x\n{secret}\n")))
         self.assertIn("line 3: not a [section] header", str(exc))
         self.assertNotIn(secret, str(exc))
@@ -129,7 +129,7 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual((defaults.max_connections, defaults.request_timeout), (4096, 10.0))
 
     def test_config_dir_search(self):
-        self.assertRaises(ConfigFileError, find_config_dir, "/nonexistent/sylk")
+        self.assertRaises(ConfigError, find_config_dir, "/nonexistent/sylk")
         directory = make_config_dir("")
         self.assertEqual(find_config_dir(directory), directory)
 
@@ -310,7 +310,7 @@ firebase_push_url = https://FCM.Example.com:8443/v1
 
     def test_unreadable_file(self):
         directory = make_config_dir("[broken\n")
-        self.assertRaises(ConfigFileError, load_applications, load_settings(directory))
+        self.assertRaises(ConfigError, load_applications, load_settings(directory))
 
 
 class CommandLineTests(unittest.TestCase):

@@ -144,12 +144,12 @@ class ReloadTests(unittest.TestCase):
         self.assertIsNotNone(self.app(app_id="org.linphone.phone"))
         # said once, as a warning: the application still delivers
         [problem] = self.logs.matching("application [sylk-ios]")
-        self.assertIn("WARNING sylkpush.registry: application [sylk-ios]: new settings not applied, its previous "
+        self.assertIn("WARNING sylkpush.app_registry: application [sylk-ios]: new settings not applied, its previous "
                       "working settings stay active: ", problem)
         self.assertIn("apple_certificate file ", problem)
         self.assertIn("missing.pem does not exist", problem)
         [problem] = self.logs.matching("application [new-broken]")
-        self.assertIn("ERROR sylkpush.registry: application [new-broken] disabled: app_platform is missing", problem)
+        self.assertIn("ERROR sylkpush.app_registry: application [new-broken] disabled: app_platform is missing", problem)
         code, _, _ = yield post(self.url + "/push", wakeup())
         self.assertEqual(code, 200)
         # once fixed, the new settings are applied
@@ -356,7 +356,7 @@ class BuiltOffTheReactorThreadTests(unittest.TestCase):
 
         DelayedClient.instances = []
         capture_logs(self)
-        server, url, directory = start_ops_server(self, SYLK_APPLE, find_client=lambda platform, settings: SlowToBuild)
+        server, url, directory = start_ops_server(self, SYLK_APPLE, find_client=lambda platform, extra_dir: SlowToBuild)
         write_applications(directory, SYLK_APPLE + "slow = 1\n")
         reloading = server.reload()
         yield until(lambda: events)

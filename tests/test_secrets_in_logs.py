@@ -72,7 +72,7 @@ class SecretsTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_no_secret_in_any_line(self):
         _, url = start_server(self, SYLK_APPLE, "[server]\ndebug = true\n",
-                              find_client=lambda platform, settings: SecretiveClient)
+                              find_client=lambda platform, extra_dir: SecretiveClient)
         for i in range(3):
             code, _, _ = yield post(url + "/push", wakeup(token=f"token-{i}"))
             self.assertEqual(code, 200)

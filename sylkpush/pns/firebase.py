@@ -27,8 +27,9 @@ from twisted.web.http import RESPONSES
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from sylkpush.config import ConfigError
 from sylkpush.http_pool import connection_pool
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult, headers_text
+from sylkpush.pns.base import OutgoingPush, PushResult, headers_text
 from sylkpush.pns.engine import parse_retry_after
 from sylkpush.pns.google_oauth import AccessTokenSource, TokenError, load_service_account
 from sylkpush.pns.h2pool import H2Pending, H2PoolClient, Request, pool_size_of
