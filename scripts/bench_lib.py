@@ -37,9 +37,8 @@ class Fake:
     def __init__(self, module: str, directory: str, extra: List[str], python: str = sys.executable) -> None:
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
-        dir_option = "--dir" if module.endswith("fake_fcm") else "--ca-dir"
         self.process = subprocess.Popen(
-            [python, "-u", "-m", module, dir_option, directory, "--control-port", "0", "--quiet", *extra],
+            [python, "-u", "-m", module, "--dir", directory, "--control-port", "0", "--quiet", *extra],
             stdout=subprocess.PIPE, stderr=open(os.path.join(directory, "fake.log"), "w"),
             text=True, env=ENV)
         first = self.process.stdout.readline()

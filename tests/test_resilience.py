@@ -308,7 +308,7 @@ class FirebaseResilienceTests(CommonFaultTests, unittest.TestCase):
         self.fake = FakeFCM(reactor, directory, delay=0.002, service_key=service_key())
         yield self.fake.start()
         self.addCleanup(self.fake.stop)
-        self.server, url = start_server(self, self.fake.applications_ini_section(APP_ID), find_client=None)
+        self.server, url = start_server(self, self.fake.applications_ini(APP_ID), find_client=None)
         self.push_url = (url + "/push").encode()
         [app] = list(self.server.registry)
         self.client = app.client

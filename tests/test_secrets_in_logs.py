@@ -127,8 +127,8 @@ class RealClientSecretsTests(SecretsTests):
         self.addCleanup(fcm.stop)
         applications = (apns.applications_ini("com.example.token", auth="token")
                         + apns.applications_ini("com.example.cert", auth="certificate")
-                        + fcm.applications_ini_section("com.example.v1")
-                        + fcm.applications_ini_section("com.example.legacy", legacy=True))
+                        + fcm.applications_ini("com.example.v1")
+                        + fcm.applications_ini("com.example.legacy", legacy=True))
         _, url = start_server(self, applications, "[server]\ndebug = true\n", find_client=None)
         token = "0a1b2c3d" * 8
         for app_id, platform in (("com.example.token", "apple"), ("com.example.cert", "apple"),
