@@ -14,6 +14,7 @@ from twisted.application import service
 from twisted.internet import defer, ssl
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from sylkpush.api_keys import ApiKeys, read_keys
@@ -51,7 +52,12 @@ def within(deferred: Deferred, seconds: float, reactor: Any) -> "Deferred[bool]"
     ``deferred`` itself is left alone (not cancelled, its result untouched).
     """
     outcome: Deferred = Deferred()
-    timer = reactor.callLater(seconds, lambda: outcome.called or outcome.callback(False))
+
+    def late() -> None:
+        if not outcome.called:
+            outcome.callback(False)
+
+    timer = reactor.callLater(seconds, late)
 
     def fired(result: Any) -> Any:
         if timer.active():
@@ -100,6 +106,14 @@ def load_tls_certificate(path: str) -> ssl.PrivateCertificate:
         raise ConfigError(f"tls_certificate {path} must hold a PEM certificate and its key: {exc}") from None
 
 
+def _handover_failed(failure: Failure, pending: Any) -> None:
+    pending.fail(f"internal error handing the push over: {failure.getErrorMessage()}")
+
+
+def _stop_failed(failure: Failure, client: PushClient) -> None:
+    log.error("stopping the client of %s failed: %s", client.app.section, failure.getErrorMessage())
+
+
 def hand_over_waiting(retired: List[Any], registry: AppRegistry) -> None:
     """Pushes still queued at a client that a reload replaces go to its
     successor (same app id and platform) instead of being answered 503:
@@ -112,8 +126,7 @@ def hand_over_waiting(retired: List[Any], registry: AppRegistry) -> None:
         for pending in waiting:
             moved = app.client.send(pending.push)
             moved.addCallback(pending.answer)
-            moved.addErrback(lambda failure, p=pending: p.fail(
-                f"internal error handing the push over: {failure.getErrorMessage()}"))
+            moved.addErrback(_handover_failed, pending)
         if waiting:
             log.info("%d waiting pushes of [%s] handed to its new settings", len(waiting), client.app.section)
 
@@ -237,6 +250,12 @@ class PushServer(service.Service):
             return False
         return deferToThread(read_keys, keys.path).addCallbacks(loaded, failed)
 
+    def _retired(self, result: Any, stopping: Deferred, client: PushClient) -> Any:
+        """A retired client has stopped: no longer waited for at shutdown."""
+        self._retiring.remove(stopping)
+        self._retiring_clients.remove(client)
+        return result
+
     def reload(self) -> "Deferred[bool]":
         """Re-read applications.ini and swap in the new applications.
 
@@ -295,12 +314,10 @@ class PushServer(service.Service):
         for client in rebuild.retired:
             # stop() finishes the pushes already handed to the client, then closes
             stopping = defer.maybeDeferred(client.stop)
-            stopping.addErrback(lambda failure, c=client: log.error(
-                "stopping the client of %s failed: %s", c.app.section, failure.getErrorMessage()))
+            stopping.addErrback(_stop_failed, client)
             self._retiring.append(stopping)
             self._retiring_clients.append(client)
-            stopping.addBoth(lambda _, d=stopping, c=client: (self._retiring.remove(d),
-                                                              self._retiring_clients.remove(c)))
+            stopping.addBoth(self._retired, stopping, client)
         unchanged = len(rebuild.registry) - len(rebuild.added)
         log.info("applications reloaded: %d active (%d started, %d unchanged), %d retired, %d with problems",
                  len(rebuild.registry), len(rebuild.added), unchanged, len(rebuild.retired),

@@ -354,7 +354,8 @@ class FirebaseClient(H2PoolClient):
         if code == 401 and fcm_code != "THIRD_PARTY_AUTH_ERROR":
             if not pending.auth_retried and self.tokens is not None:
                 pending.auth_retried = True
-                self.tokens.invalidate(pending.access_token)
+                if pending.access_token is not None:
+                    self.tokens.invalidate(pending.access_token)
                 raise _Retry(f"access token refused: {reason}", at_once=True)
             return PushResult(401, reason, self.url, body)
         if (code == 404 and fcm_code == "UNREGISTERED") or \

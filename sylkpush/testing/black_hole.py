@@ -13,8 +13,12 @@ from typing import Any, List
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import Factory, Protocol
 
+from sylkpush.transports import IStreamTransport
+
 
 class _Mute(Protocol):
+    transport: IStreamTransport
+
     def __init__(self, hole: "BlackHole") -> None:
         self.hole = hole
         self.lost: Deferred = Deferred()
