@@ -3,6 +3,7 @@
 #               (make run PORT=8400 HOST=127.0.0.1 APNS_PORT=18443 FCM_PORT=18444 ARGS=--debug)
 #   make test   create .venv and run the trial suite
 #   make test-debian   run the suite on Debian 12's packaged libraries (/usr/bin/python3)
+#   make check  type-check sylkpush with mypy (settings in mypy.ini; installs mypy into .venv)
 #   make test-cassandra   start a one-node Apache Cassandra (Java, Maven) and run the Cassandra tests on both
 #   make bench  throughput, added latency and memory against the fakes, and v2 registrations and
 #               account pushes per second (installs wrk; PROFILE=1: py-spy)
@@ -22,7 +23,7 @@ DEBIAN_PACKAGES := python3-twisted python3-treq python3-h2 python3-jwt python3-g
 SIP_PACKAGES := kamailio kamailio-utils-modules kamailio-extra-modules sip-tester
 TESTS ?= tests
 
-.PHONY: run test test-debian debian-deps sip-deps cassandra-deps test-cassandra deb bench bench-v2-cassandra soak clean
+.PHONY: run test check test-debian debian-deps sip-deps cassandra-deps test-cassandra deb bench bench-v2-cassandra soak clean
 
 $(STAMP): requirements.txt setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,18 @@ run: $(STAMP)
 
 test: $(STAMP)
 	PYTHONPATH=. $(VPY) -m twisted.trial $(TESTS)
+
+# mypy with the zope.interface plugin (Twisted's interfaces), pinned: a new
+# release may find new errors; it checks against the PyPI floor in .venv
+MYPY_PACKAGES := mypy==2.4.1 mypy-zope==1.0.17
+CHECK_STAMP := $(VENV)/.check-installed
+
+$(CHECK_STAMP): $(STAMP)
+	$(VPY) -m pip install --quiet $(MYPY_PACKAGES)
+	touch $@
+
+check: $(CHECK_STAMP)
+	@if $(VPY) -m mypy; then echo "ok - mypy sylkpush"; else echo "not ok - mypy sylkpush"; exit 1; fi
 
 debian-deps:
 	@dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1 || { \
@@ -125,4 +138,5 @@ soak: $(STAMP)
 	  --platforms $(PLATFORMS) $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info run tests/cassandra/target
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info run tests/cassandra/target \
+	  .hypothesis .mypy_cache config/demo twisted/plugins/dropin.cache

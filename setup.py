@@ -37,6 +37,7 @@ setup(
         "twisted>=22.4",
         "treq>=22.2",
         "h2>=4.1",
+        "idna>=3.3",
         "service-identity",
         "pyOpenSSL>=23.0",
         "pyjwt[crypto]>=2.6",

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=HERE)
@@ -37,9 +37,8 @@ class Fake:
     def __init__(self, module: str, directory: str, extra: List[str], python: str = sys.executable) -> None:
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
-        dir_option = "--dir" if module.endswith("fake_fcm") else "--ca-dir"
         self.process = subprocess.Popen(
-            [python, "-u", "-m", module, dir_option, directory, "--control-port", "0", "--quiet", *extra],
+            [python, "-u", "-m", module, "--dir", directory, "--control-port", "0", "--quiet", *extra],
             stdout=subprocess.PIPE, stderr=open(os.path.join(directory, "fake.log"), "w"),
             text=True, env=ENV)
         first = self.process.stdout.readline()
@@ -138,7 +137,6 @@ class Daemon:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"),
                                         env=dict(os.environ, PYTHONPATH=source), cwd=source,
                                         preexec_fn=raise_fd_limit)
-        self.profiler: Optional[subprocess.Popen] = None
         deadline = time.time() + 20
         while time.time() < deadline:
             if self.process.poll() is not None:

@@ -14,7 +14,7 @@ import hmac
 import logging
 from typing import Optional, Tuple
 
-from sylkpush.config import ConfigFileError
+from sylkpush.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def _digest(key: bytes) -> bytes:
 
 
 def parse_keys(text: str, path: str) -> Tuple[Tuple[str, bytes], ...]:
-    """(name, digest of the key) for each line; ConfigFileError naming the
+    """(name, digest of the key) for each line; ConfigError naming the
     line (never showing a key) for anything else."""
     keys = []
     names = set()
@@ -38,31 +38,31 @@ def parse_keys(text: str, path: str) -> Tuple[Tuple[str, bytes], ...]:
             continue
         fields = line.split()
         if len(fields) != 2:
-            raise ConfigFileError(f"{path} line {number}: expected 'name key'")
+            raise ConfigError(f"{path} line {number}: expected 'name key'")
         name, key = fields
         if len(key) < MIN_KEY_LENGTH:
-            raise ConfigFileError(f"{path} line {number}: the key of {name} is shorter than "
+            raise ConfigError(f"{path} line {number}: the key of {name} is shorter than "
                                   f"{MIN_KEY_LENGTH} characters")
         digest = _digest(key.encode("utf-8"))
         if name in names:
-            raise ConfigFileError(f"{path} line {number}: {name} is named twice")
+            raise ConfigError(f"{path} line {number}: {name} is named twice")
         if digest in digests:
-            raise ConfigFileError(f"{path} line {number}: the key of {name} is also another name's key")
+            raise ConfigError(f"{path} line {number}: the key of {name} is also another name's key")
         names.add(name)
         digests.add(digest)
         keys.append((name, digest))
     if not keys:
-        raise ConfigFileError(f"{path} holds no key (one 'name key' a line)")
+        raise ConfigError(f"{path} holds no key (one 'name key' a line)")
     return tuple(keys)
 
 
 def read_keys(path: str) -> Tuple[Tuple[str, bytes], ...]:
-    """The keys of the file at ``path``; ConfigFileError when it is unusable."""
+    """The keys of the file at ``path``; ConfigError when it is unusable."""
     try:
         with open(path, encoding="utf-8") as stream:
             text = stream.read()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigFileError(f"cannot read keys_file {path}: {exc}") from None
+        raise ConfigError(f"cannot read keys_file {path}: {exc}") from None
     return parse_keys(text, path)
 
 

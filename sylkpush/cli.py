@@ -12,7 +12,7 @@ from typing import List, Optional
 from twisted.python import usage
 
 from sylkpush import __version__
-from sylkpush.config import ConfigFileError, Settings, find_config_dir, load_settings
+from sylkpush.config import ConfigError, Settings, find_config_dir, load_settings
 from sylkpush.logs import setup_logging, stop_logging
 
 log = logging.getLogger("sylkpush")
@@ -39,7 +39,7 @@ def argument_parser() -> argparse.ArgumentParser:
 
 def read_settings(config_dir: Optional[str], ip: Optional[str], port: Optional[int],
                   debug: Optional[bool]) -> Settings:
-    """The settings, or ConfigFileError with a message for the operator."""
+    """The settings, or ConfigError with a message for the operator."""
     directory = find_config_dir(config_dir)
     return load_settings(directory, host=ip, port=port, debug=debug)
 
@@ -61,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
     try:
         settings = read_settings(args.config_dir, args.ip, args.port, args.debug)
-    except ConfigFileError as exc:
+    except ConfigError as exc:
         print(f"sylk-pushserver: {exc}", file=sys.stderr)
         return 1
     if not args.no_fork:
@@ -110,7 +110,7 @@ def serve(settings: Settings, drain_timeout: Optional[float], listening: Optiona
         # SIGTERM/SIGINT stop the reactor, whose shutdown waits for stopService's drain
         server = PushServer(settings, reactor, drain_timeout=drain_timeout, handle_sighup=True,
                             listening=listening)
-    except ConfigFileError as exc:
+    except ConfigError as exc:
         log.error("%s", exc)
         if not listening:
             print(f"sylk-pushserver: {exc}", file=sys.stderr)

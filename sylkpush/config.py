@@ -1,4 +1,4 @@
-"""Configuration: general.ini and applications.ini (SPEC §3).
+"""Configuration: general.ini and applications.ini (keys and defaults: docs/configuration.md).
 
 Everything is loaded into immutable objects.  A broken application section
 never stops the others: :func:`load_applications` returns the good ones and a
@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
+
+import idna
 
 from sylkpush.config_keys import application_warnings, general_warnings
 from sylkpush.expiry import pem_file_not_after
@@ -44,11 +46,17 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
 
-class ConfigFileError(Exception):
-    """general.ini or applications.ini cannot be used at all."""
+class ConfigError(Exception):
+    """A configuration cannot be used; the message says why.
+
+    Raised for a file as a whole (general.ini or applications.ini does not
+    parse: the server does not start, a reload keeps what runs) and for one
+    application's settings, its files or its modules (that application is
+    left out).  Custom push services raise it from their constructor.
+    """
 
 
-class SettingError(ConfigFileError):
+class SettingError(ConfigError):
     """One value breaks ``rule``; the message names the key, never the value."""
 
     def __init__(self, rule: str, key: str = "") -> None:
@@ -127,7 +135,8 @@ def parse_networks(value: str) -> Tuple[IPNetwork, ...]:
 
 
 def valid_host(host: str) -> bool:
-    """True for an IP address or a host name made of valid ASCII labels."""
+    """True for an IP address or a host name made of valid ASCII labels
+    (``_`` included: resolvers accept it, e.g. in container names)."""
     try:
         ipaddress.ip_address(host)
         return True
@@ -135,6 +144,24 @@ def valid_host(host: str) -> bool:
         pass
     labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
     return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+
+
+def valid_url_host(host: str) -> bool:
+    """:func:`valid_host`, and a name the IDNA encoding of Twisted's TLS and
+    of URLs accepts (no ``_``, no ``--`` in the third and fourth places
+    unless in a valid ``xn--`` label): a client never fails on it later."""
+    if not valid_host(host):
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        idna.encode(host)
+    except idna.IDNAError:
+        return False
+    return True
 
 
 def read_ini(path: str) -> Tuple[configparser.ConfigParser, Dict[Tuple[str, str], int]]:
@@ -146,17 +173,17 @@ def read_ini(path: str) -> Tuple[configparser.ConfigParser, Dict[Tuple[str, str]
         with open(path, "rb") as stream:
             data = stream.read()
     except OSError as exc:
-        raise ConfigFileError(f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigFileError(f"cannot read {path}: line {line} is not UTF-8 text") from None
+        raise ConfigError(f"cannot read {path}: line {line} is not UTF-8 text") from None
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read_string(text, source=path)
     except configparser.Error as exc:
-        raise ConfigFileError(f"cannot read {path}: {_parse_error(exc)}") from None
+        raise ConfigError(f"cannot read {path}: {_parse_error(exc)}") from None
     return parser, _key_lines(parser, text)
 
 
@@ -196,12 +223,12 @@ def find_config_dir(explicit: Optional[str]) -> str:
     """The directory given with --config_dir, else the first default that exists."""
     if explicit:
         if not os.path.isdir(explicit):
-            raise ConfigFileError(f"configuration directory {explicit} does not exist")
+            raise ConfigError(f"configuration directory {explicit} does not exist")
         return os.path.abspath(explicit)
     for candidate in DEFAULT_CONFIG_DIRS:
         if os.path.isdir(candidate):
             return os.path.abspath(candidate)
-    raise ConfigFileError("no configuration directory: tried " + ", ".join(DEFAULT_CONFIG_DIRS))
+    raise ConfigError("no configuration directory: tried " + ", ".join(DEFAULT_CONFIG_DIRS))
 
 
 @dataclass(frozen=True)
@@ -223,7 +250,7 @@ class CassandraSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """general.ini, with every default of SPEC §3."""
+    """general.ini; a key the file leaves out has the default written here."""
 
     config_dir: str
     host: str = DEFAULT_HOST
@@ -286,7 +313,7 @@ def load_settings(config_dir: str, host: Optional[str] = None, port: Optional[in
         except SettingError as exc:
             line = lines.get((section, key))
             where = f"{general} line {line}" if line else general
-            raise ConfigFileError(f"{where}: [{section}] {key} {exc.rule}") from None
+            raise ConfigError(f"{where}: [{section}] {key} {exc.rule}") from None
 
     file_debug = setting("server", "debug", "false", _bool)
     return Settings(
@@ -320,7 +347,7 @@ def _cassandra_settings(setting: Callable[..., Any], get: Callable[[str, str, st
     contact_points, port = setting("Cassandra", "cluster_contact_points", "", _contact_points)
     username, password = get("Cassandra", "username", ""), get("Cassandra", "password", "")
     if bool(username) != bool(password):
-        raise ConfigFileError(f"{general}: [Cassandra] username and password go together")
+        raise ConfigError(f"{general}: [Cassandra] username and password go together")
     return CassandraSettings(
         contact_points=contact_points, port=port,
         keyspace=setting("Cassandra", "keyspace", "", lambda value: _identifier(value or DEFAULT_KEYSPACE)),
@@ -367,7 +394,6 @@ class AppConfig:
     team_id: str = ""
     apple_host: str = "api.push.apple.com"
     apple_port: int = 443
-    voip: bool = False
     #: send an apns-id of our own with each push (the same on every try of it)
     apple_apns_id: bool = False
     # Firebase
@@ -390,11 +416,6 @@ class AppConfig:
         return (self.app_id, self.platform)
 
     @property
-    def apple_token_auth(self) -> bool:
-        """True when the section uses a .p8 key with key_id/team_id."""
-        return bool(self.key_id and self.team_id)
-
-    @property
     def firebase_legacy(self) -> bool:
         return bool(self.firebase_authorization_key) and not self.firebase_authorization_file
 
@@ -412,7 +433,7 @@ def _split_host_port(value: str) -> Tuple[str, int]:
         host, port = parts.hostname, parts.port or 443
     except ValueError:
         raise SettingError("has an invalid port", "apple_push_url") from None
-    if not host or parts.path.strip("/") or not valid_host(host):
+    if not host or parts.path.strip("/") or not valid_url_host(host):
         raise SettingError("must be host or host:port, with a valid host name", "apple_push_url")
     return host, port
 
@@ -428,7 +449,7 @@ def _http_url(value: str, key: str) -> str:
     except ValueError:
         raise SettingError("has an invalid port", key) from None
     if not value.isascii() or " " in value or parts.scheme not in ("https", "http") \
-            or not parts.hostname or not valid_host(parts.hostname):
+            or not parts.hostname or not valid_url_host(parts.hostname):
         raise SettingError("must be an http(s) URL with a valid host name, in ASCII", key)
     return value
 
@@ -472,6 +493,8 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
     firebase_url = values.get("firebase_push_url", "").strip()
     if firebase_url:
         _http_url(firebase_url, "firebase_push_url")
+    # accepted as the original accepts it; the event decides whether a push is VoIP
+    _bool(values.get("voip", "false"), "voip")
     remote_urls = tuple(_http_url(u.strip(), "log_remote_urls")
                         for u in values.get("log_remote_urls", "").split(",") if u.strip())
     try:
@@ -490,7 +513,6 @@ def _app_from_section(settings: Settings, section: str, values: Dict[str, str]) 
         key_id=values.get("key_id", "").strip(),
         team_id=values.get("team_id", "").strip(),
         apple_host=host, apple_port=port,
-        voip=_bool(values.get("voip", "false"), "voip"),
         apple_apns_id=_bool(values.get("apple_apns_id", "false"), "apple_apns_id"),
         firebase_push_url=firebase_url,
         firebase_authorization_file=files["firebase_authorization_file"],
@@ -535,7 +557,7 @@ def load_applications(settings: Settings) -> Tuple[List[AppConfig], List[Tuple[s
     """Parse applications.ini.
 
     Returns the usable applications and ``(section, reason)`` for each section
-    left out.  Raises :class:`ConfigFileError` when the file itself cannot be
+    left out.  Raises :class:`ConfigError` when the file itself cannot be
     read or parsed (a reload then keeps the previous applications).
     """
     path = settings.path(settings.applications_file)

@@ -70,8 +70,8 @@ def general_warnings(path: str, parser: configparser.ConfigParser) -> List[str]:
 def uses_custom_module(values: Dict[str, str]) -> bool:
     """True when an applications.ini section's application or push service is not built in."""
     # imported here: both modules import sylkpush.config, which imports this one
-    from sylkpush.applications.registry import BUILTIN_TYPES
-    from sylkpush.registry import BUILTIN_PLATFORMS
+    from sylkpush.applications.renderer_classes import BUILTIN_TYPES
+    from sylkpush.pns.client_classes import BUILTIN_PLATFORMS
     platform = values.get("app_platform", "").strip().lower()
     return (values.get("app_type", "").strip().lower() not in BUILTIN_TYPES
             or PLATFORM_ALIASES.get(platform, platform) not in BUILTIN_PLATFORMS)

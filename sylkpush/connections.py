@@ -25,6 +25,7 @@ from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import http, server
 
+from sylkpush.transports import IStreamTransport
 from sylkpush.web import ConnectionTracker, envelope
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def address_allowed(host: str, networks: Sequence[Any]) -> bool:
         address = ipaddress.ip_address(host.split("%")[0])
     except ValueError:
         return False
-    if getattr(address, "ipv4_mapped", None):
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
 
@@ -66,6 +67,8 @@ class RefusedConnection(Protocol):
     when the caller does or after :data:`LINGER` seconds (closing at once,
     with the request unread, would reset the connection and could lose the
     answer on its way)."""
+
+    transport: IStreamTransport
 
     def __init__(self, connections: "ApiConnections", answer: bytes) -> None:
         self.connections = connections
@@ -99,6 +102,7 @@ class ApiConnection(ProtocolWrapper):
     """
 
     factory: "ApiConnections"
+    transport: IStreamTransport
     #: when the first byte of the request now arriving came (None: none is arriving)
     receiving_since: Optional[float] = None
     #: a request is received and not yet answered
@@ -153,7 +157,8 @@ class ApiConnections(ConnectionTracker):
         self.refused: Dict[RefusedConnection, None] = {}
         # each open connection is in at most one of these, oldest first
         self._idle: Dict[ApiConnection, None] = {}
-        self._receiving: Dict[ApiConnection, None] = {}
+        #: connections receiving a request -> when it began, oldest first
+        self._receiving: Dict[ApiConnection, float] = {}
         self._closing: Set[ApiConnection] = set()
         self._aborts: Dict[ApiConnection, Any] = {}
         self._deadline_timer: Any = None
@@ -227,8 +232,7 @@ class ApiConnections(ConnectionTracker):
         if connection.closed:
             return
         self._idle.pop(connection, None)
-        connection.receiving_since = self.reactor.seconds()
-        self._receiving[connection] = None
+        connection.receiving_since = self._receiving[connection] = self.reactor.seconds()
         if self._deadline_timer is None and not self._stopped:
             self._deadline_timer = self.reactor.callLater(self.request_timeout, self._enforce_deadline)
 
@@ -247,8 +251,8 @@ class ApiConnections(ConnectionTracker):
     def _enforce_deadline(self) -> None:
         self._deadline_timer = None
         now = self.reactor.seconds()
-        for connection in list(self._receiving):
-            if connection.receiving_since + self.request_timeout > now:
+        for connection, since in list(self._receiving.items()):
+            if since + self.request_timeout > now:
                 break
             log.info("closed connection from %s: 408 its request did not arrive whole within %g s",
                      connection.getPeer().host, self.request_timeout)
@@ -256,7 +260,7 @@ class ApiConnections(ConnectionTracker):
             self._close(connection, answer_bytes(
                 408, f"the request did not arrive whole within {self.request_timeout:g} s"))
         if self._receiving and not self._stopped:
-            oldest = next(iter(self._receiving)).receiving_since
+            oldest = next(iter(self._receiving.values()))
             self._deadline_timer = self.reactor.callLater(max(0.0, oldest + self.request_timeout - now),
                                                           self._enforce_deadline)
 

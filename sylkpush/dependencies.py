@@ -16,6 +16,7 @@ REQUIRED = {
     "Twisted": "twisted.python",
     "treq": "treq",
     "h2": "h2",
+    "idna": "idna",
     "service-identity": "service_identity",
     "pyOpenSSL": "OpenSSL",
     "PyJWT": "jwt",

@@ -1,4 +1,4 @@
-"""From a decoded wake-up request to a push result (SPEC §4–§6).
+"""From a decoded wake-up request to a push result (docs/api.md says what callers see).
 
 :meth:`Dispatcher.prepare` validates the request, finds its application and
 renders headers and payload; :meth:`Dispatcher.deliver` hands the result to
@@ -21,11 +21,11 @@ from twisted.python.failure import Failure
 from sylkpush.notification import (Notification, ValidationError, check_strings, parse_app_id, parse_notification,
                                    parse_platform)
 from sylkpush.pns.base import OutgoingPush, PushResult
-from sylkpush.registry import Application, AppRegistry
+from sylkpush.app_registry import Application, AppRegistry
 
 log = logging.getLogger(__name__)
 
-#: retry budgets (SPEC §6): calls and their cancels, everything else
+#: how long a push may be tried (its deadline): calls and their cancels, everything else
 CALL_DEADLINE = 64.0
 OTHER_DEADLINE = 17 * 60.0
 #: seconds past a push's deadline after which the dispatcher answers for a
@@ -76,9 +76,6 @@ class Answer:
     #: an object; a list for the answers that hold one result per device (v2)
     data: Union[Dict[str, Any], List[Any]]
 
-    def envelope(self) -> Dict[str, Any]:
-        return {"code": self.code, "description": self.description, "data": self.data}
-
 
 #: an observer sees every finished push (metrics, remote logging); it must not raise
 ResultObserver = Callable[[PreparedPush, PushResult], None]
@@ -87,7 +84,7 @@ RefusalObserver = Callable[[int], None]
 
 
 def result_data(prepared: PreparedPush, result: PushResult) -> Dict[str, Any]:
-    """The ``data`` object of a push answer (SPEC §4)."""
+    """The ``data`` object of a push answer (see docs/api.md)."""
     return {
         "code": result.code,
         "reason": result.reason,
@@ -258,12 +255,3 @@ class Dispatcher:
                     outcome.callback(result)
         sending.addBoth(done)
         return outcome
-
-    async def dispatch(self, body: Any, client_address: str) -> Answer:
-        """prepare + deliver, with refusals turned into answers."""
-        try:
-            prepared = self.prepare(body, client_address)
-        except ApiError as exc:
-            self.refused(exc.code)
-            return Answer(exc.code, exc.description, exc.data)
-        return await self.deliver(prepared)

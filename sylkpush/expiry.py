@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 
 if TYPE_CHECKING:
     from sylkpush.config import AppConfig
-    from sylkpush.registry import AppRegistry
+    from sylkpush.app_registry import AppRegistry
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""``GET /health`` (SPEC §12): the state of every configured application.
+"""``GET /health``: the state of every configured application.
 
 The answer is the usual JSON envelope; ``data`` maps each application
 (``<platform>/<app_id>``) to its client's ``status()`` plus ``up``.  An
@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional
 from twisted.web import server
 
 from sylkpush.expiry import ExpiryWatch
-from sylkpush.registry import Application, AppRegistry
+from sylkpush.app_registry import Application, AppRegistry
 from sylkpush.web import JsonResource, write_json
 
 log = logging.getLogger(__name__)

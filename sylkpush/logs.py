@@ -1,4 +1,4 @@
-"""Logging set-up (SPEC §8): console, systemd journal, optional file.
+"""Logging set-up: console, systemd journal, optional file.
 
 Handlers that write to files or sockets run in a writer thread behind a
 bounded buffer, so a slow disk or journal never blocks the reactor; when the
@@ -135,7 +135,8 @@ def _redact_private_keys(text: str) -> str:
         end = None if end_missing else _PEM_END.search(text, begin.end())
         if end is None:
             end_missing = True
-            position = _PEM_BODY.match(text, begin.end()).end()
+            body = _PEM_BODY.match(text, begin.end())
+            position = body.end() if body is not None else begin.end()
         else:
             position = end.end()
         pieces.append(_PRIVATE_KEY)
@@ -362,7 +363,7 @@ def setup_logging(foreground: bool, debug: bool = False, log_file: str = "",
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     # hpack traces are very verbose: only with debug_hpack
     for name in ("hpack", "h2"):
         logging.getLogger(name).setLevel(logging.DEBUG if (debug and debug_hpack) else logging.WARNING)

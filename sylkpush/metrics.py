@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC §12): ``GET /metrics``.
+"""Prometheus metrics: ``GET /metrics``.
 
 Each server has its own :class:`~prometheus_client.CollectorRegistry` (never
 the process-wide default), so several servers in one process (the tests) do
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Literal, Optional, Tuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -34,7 +34,7 @@ from twisted.web import server
 from sylkpush.dispatch import Dispatcher, PreparedPush
 from sylkpush.pns.base import PushResult
 from sylkpush.pns.engine import DeliveryClient
-from sylkpush.registry import AppRegistry
+from sylkpush.app_registry import AppRegistry
 from sylkpush.web import JsonResource
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,16 @@ COUNTS = (("sylkpush_reconnects", "Connections re-opened to the push service", "
           ("sylkpush_token_refreshes", "Authentication tokens (JWT, OAuth) renewed", "token_refreshes"))
 #: the record of results the delivery engine keeps: name, help, attribute,
 #: and how several workers' values make one (the latest, the worst)
-RECORD = (("sylkpush_last_success_timestamp_seconds",
-           "When the push service last answered a push (not 5xx, 401, 403), seconds since the epoch",
-           "last_success", "livemax"),
-          ("sylkpush_last_failure_timestamp_seconds",
-           "When an attempt or a connect last failed, seconds since the epoch", "last_failure", "livemax"),
-          ("sylkpush_consecutive_failures", "Attempts failed since the push service last answered a push",
-           "consecutive_failures", "livemax"),
-          ("sylkpush_consecutive_connect_failures", "Connects failed since a connection was last ready",
-           "connect_failures", "livemax"))
+RECORD: Tuple[Tuple[str, str, str, Literal["livemax"]], ...] = (
+    ("sylkpush_last_success_timestamp_seconds",
+     "When the push service last answered a push (not 5xx, 401, 403), seconds since the epoch",
+     "last_success", "livemax"),
+    ("sylkpush_last_failure_timestamp_seconds",
+     "When an attempt or a connect last failed, seconds since the epoch", "last_failure", "livemax"),
+    ("sylkpush_consecutive_failures", "Attempts failed since the push service last answered a push",
+     "consecutive_failures", "livemax"),
+    ("sylkpush_consecutive_connect_failures", "Connects failed since a connection was last ready",
+     "connect_failures", "livemax"))
 
 
 def _application_states(registry: AppRegistry) -> Iterable[Tuple[Tuple[str, str], Dict[str, Any], Any]]:
@@ -96,8 +97,8 @@ class ClientStatusCollector:
             for family, (_, _, key) in zip(gauges, STATE):
                 family.add_metric(values, _number(status.get(key)))
             up.add_metric(values, 1.0 if status["up"] else 0.0)
-            for family, (_, _, key) in zip(counters, COUNTS):
-                family.add_metric(values, _number(status.get(key)))
+            for counter, (_, _, key) in zip(counters, COUNTS):
+                counter.add_metric(values, _number(status.get(key)))
             for family, (_, _, attribute, _) in zip(record, RECORD):
                 value = _recorded(client, attribute)
                 if value is not None:

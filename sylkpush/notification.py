@@ -1,4 +1,4 @@
-"""The v1 wake-up request: its fields, aliases and validation rules (SPEC §4).
+"""The v1 wake-up request: its fields, aliases and validation rules (docs/api.md).
 
 :func:`parse_notification` turns the decoded JSON object into an immutable
 :class:`Notification` or raises :class:`ValidationError` naming the field and
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Literal, Mapping, Optional, overload
 
 PLATFORM_ALIASES = {
     "apple": "apple", "ios": "apple", "apns": "apple",
@@ -86,7 +86,16 @@ class Notification:
         return self.event == "cancel" or self.media_type in CALL_MEDIA
 
 
+@overload
+def _string(body: Mapping[str, Any], key: str, required: Literal[True]) -> str: ...
+
+
+@overload
+def _string(body: Mapping[str, Any], key: str, required: bool) -> Optional[str]: ...
+
+
 def _string(body: Mapping[str, Any], key: str, required: bool) -> Optional[str]:
+    """The text of ``key``; None when absent or empty, which ``required`` refuses."""
     value = body.get(key)
     if value is None or value == "":
         if required:
@@ -195,11 +204,12 @@ def parse_notification(body: Mapping[str, Any], app_type: str,
     if display is None:
         display = _string(body, "from_display_name", False)
 
-    event = _string(body, "event", app_type != "linphone")
     if app_type == "linphone":
-        event = event or "incoming_session"
+        event = _string(body, "event", False) or "incoming_session"
         if event != "incoming_session":
             raise ValidationError("event", "must be incoming_session for linphone applications")
+    else:
+        event = _string(body, "event", True)
     event = _choice(EVENT_ALIASES.get(event, event), "event", EVENTS)
 
     media_type = _string(body, "media-type", event != "cancel")

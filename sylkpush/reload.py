@@ -1,4 +1,4 @@
-"""Noticing that applications.ini changed (SPEC §10).
+"""Noticing that applications.ini changed.
 
 Polling the file's identity (inode, size, modification time) once a second is
 portable, notices editors that replace the file as well as those that rewrite

@@ -1,4 +1,4 @@
-"""Remote HTTP logging of push results (SPEC §9).
+"""Remote HTTP logging of push results (``log_remote_urls``).
 
 A dispatcher observer: after each push of an application that has
 ``log_remote_urls``, one JSON POST goes to every URL, concurrently, fire and

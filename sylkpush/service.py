@@ -14,10 +14,11 @@ from twisted.application import service
 from twisted.internet import defer, ssl
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 
 from sylkpush.api_keys import ApiKeys, read_keys
-from sylkpush.config import ConfigFileError, Settings, load_applications
+from sylkpush.config import ConfigError, Settings, load_applications
 from sylkpush.connections import RESERVED_DESCRIPTORS, ApiConnections
 from sylkpush.dispatch import Dispatcher
 from sylkpush.expiry import Credential, ExpiryWatch, app_credentials, certificate_not_after
@@ -25,8 +26,9 @@ from sylkpush.exposure import open_access_warning
 from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
 from sylkpush.pns.base import UNANSWERED_AT_SHUTDOWN, PushClient
-from sylkpush.registry import (AppRegistry, ClientClassFinder, build_registry, default_client_class, log_problems,
-                               rebuild_registry, start_clients)
+from sylkpush.pns.client_classes import client_class
+from sylkpush.app_registry import (AppRegistry, ClientClassFinder, build_registry, log_problems, rebuild_registry,
+                                   start_clients)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
 from sylkpush.remote_log import RemoteLogger
 from sylkpush.tokens import make_store
@@ -50,7 +52,12 @@ def within(deferred: Deferred, seconds: float, reactor: Any) -> "Deferred[bool]"
     ``deferred`` itself is left alone (not cancelled, its result untouched).
     """
     outcome: Deferred = Deferred()
-    timer = reactor.callLater(seconds, lambda: outcome.called or outcome.callback(False))
+
+    def late() -> None:
+        if not outcome.called:
+            outcome.callback(False)
+
+    timer = reactor.callLater(seconds, late)
 
     def fired(result: Any) -> Any:
         if timer.active():
@@ -94,9 +101,17 @@ def load_tls_certificate(path: str) -> ssl.PrivateCertificate:
         with open(path, "rb") as stream:
             return ssl.PrivateCertificate.loadPEM(stream.read())
     except OSError as exc:
-        raise ConfigFileError(f"tls_certificate {path}: {exc.strerror}") from None
+        raise ConfigError(f"tls_certificate {path}: {exc.strerror}") from None
     except Exception as exc:  # pyOpenSSL raises several types for bad PEM
-        raise ConfigFileError(f"tls_certificate {path} must hold a PEM certificate and its key: {exc}") from None
+        raise ConfigError(f"tls_certificate {path} must hold a PEM certificate and its key: {exc}") from None
+
+
+def _handover_failed(failure: Failure, pending: Any) -> None:
+    pending.fail(f"internal error handing the push over: {failure.getErrorMessage()}")
+
+
+def _stop_failed(failure: Failure, client: PushClient) -> None:
+    log.error("stopping the client of %s failed: %s", client.app.section, failure.getErrorMessage())
 
 
 def api_tls_options(certificate: ssl.PrivateCertificate) -> ssl.CertificateOptions:
@@ -119,8 +134,7 @@ def hand_over_waiting(retired: List[Any], registry: AppRegistry) -> None:
         for pending in waiting:
             moved = app.client.send(pending.push)
             moved.addCallback(pending.answer)
-            moved.addErrback(lambda failure, p=pending: p.fail(
-                f"internal error handing the push over: {failure.getErrorMessage()}"))
+            moved.addErrback(_handover_failed, pending)
         if waiting:
             log.info("%d waiting pushes of [%s] handed to its new settings", len(waiting), client.app.section)
 
@@ -129,7 +143,7 @@ class PushServer(service.Service):
     """Owns the application registry, the dispatcher and the listening port."""
 
     def __init__(self, settings: Settings, reactor: Any = None,
-                 find_client: ClientClassFinder = default_client_class,
+                 find_client: ClientClassFinder = client_class,
                  drain_timeout: float = DRAIN_TIMEOUT, watch_interval: float = POLL_INTERVAL,
                  handle_sighup: bool = False, listening: Optional[socket.socket] = None) -> None:
         if reactor is None:
@@ -244,6 +258,12 @@ class PushServer(service.Service):
             return False
         return deferToThread(read_keys, keys.path).addCallbacks(loaded, failed)
 
+    def _retired(self, result: Any, stopping: Deferred, client: PushClient) -> Any:
+        """A retired client has stopped: no longer waited for at shutdown."""
+        self._retiring.remove(stopping)
+        self._retiring_clients.remove(client)
+        return result
+
     def reload(self) -> "Deferred[bool]":
         """Re-read applications.ini and swap in the new applications.
 
@@ -280,7 +300,7 @@ class PushServer(service.Service):
     async def _reload_once(self) -> bool:
         try:
             configs, problems = await deferToThread(load_applications, self.settings)
-        except ConfigFileError as exc:
+        except ConfigError as exc:
             log.error("reload: %s; the previous applications stay active", exc)
             return False
         if not self.running:
@@ -302,12 +322,10 @@ class PushServer(service.Service):
         for client in rebuild.retired:
             # stop() finishes the pushes already handed to the client, then closes
             stopping = defer.maybeDeferred(client.stop)
-            stopping.addErrback(lambda failure, c=client: log.error(
-                "stopping the client of %s failed: %s", c.app.section, failure.getErrorMessage()))
+            stopping.addErrback(_stop_failed, client)
             self._retiring.append(stopping)
             self._retiring_clients.append(client)
-            stopping.addBoth(lambda _, d=stopping, c=client: (self._retiring.remove(d),
-                                                              self._retiring_clients.remove(c)))
+            stopping.addBoth(self._retired, stopping, client)
         unchanged = len(rebuild.registry) - len(rebuild.added)
         log.info("applications reloaded: %d active (%d started, %d unchanged), %d retired, %d with problems",
                  len(rebuild.registry), len(rebuild.added), unchanged, len(rebuild.retired),

@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC §4): Twisted resources that speak JSON only.
+"""The HTTP API (docs/api.md): Twisted resources that speak JSON only.
 
 Every answer, errors included, is ``{"code", "description", "data"}`` with
 the HTTP status equal to ``code``; no path leads to Twisted's HTML pages or a

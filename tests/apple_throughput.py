@@ -39,7 +39,7 @@ from sylkpush.pns.base import OutgoingPush  # noqa: E402
 def start_fake(directory: str, delay: float, auth: str) -> "tuple[subprocess.Popen, int, int]":
     """The fake APNs process, its port and its control port."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "sylkpush.testing.fake_apns", "--ca-dir", directory,
+        [sys.executable, "-m", "sylkpush.testing.fake_apns", "--dir", directory,
          "--delay", str(delay), "--auth", auth, "--control-port", "0", "--quiet"],
         stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})

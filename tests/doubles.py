@@ -66,7 +66,7 @@ class DelayedClient(PushClient):
                 "in_flight": len(self._in_flight), "reconnects": 2, "token_refreshes": 1}
 
 
-def delayed_client_class(platform: str, settings: Any) -> type:
+def delayed_client_class(platform: str, extra_dir: str) -> type:
     return DelayedClient
 
 

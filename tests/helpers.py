@@ -69,7 +69,7 @@ class RecordingClient(PushClient):
         return succeed(answer or PushResult(200, "OK", f"https://push.test/{push.token}", {"id": "1"}))
 
 
-def recording_client_class(platform: str, settings: Any) -> type:
+def recording_client_class(platform: str, extra_dir: str) -> type:
     return RecordingClient
 
 

@@ -235,9 +235,9 @@ class AccessAndModeTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_client_not_available_answers_503(self):
-        from sylkpush.pns.base import ConfigError
+        from sylkpush.config import ConfigError
 
-        def missing(platform, settings):
+        def missing(platform, extra_dir):
             raise ConfigError(f"no push service module for platform {platform}")
         _, url = start_server(self, SYLK_APPLE, find_client=missing)
         code, body, _ = yield post(url + "/push", wakeup())

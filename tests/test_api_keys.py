@@ -9,7 +9,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from sylkpush.api_keys import ApiKeys, parse_keys
-from sylkpush.config import ConfigFileError
+from sylkpush.config import ConfigError
 from tests.doubles import capture_logs
 from tests.helpers import SYLK_APPLE, keys_file, post, start_server, wakeup
 
@@ -40,7 +40,7 @@ class ParseTests(unittest.TestCase):
                               (f"ops {OPS_KEY}\nops {PROXY_KEY}\n", "keys line 2: ops is named twice"),
                               (f"ops {OPS_KEY}\nproxy {OPS_KEY}\n",
                                "keys line 2: the key of proxy is also another name's key")):
-            exc = self.assertRaises(ConfigFileError, parse_keys, text, "keys")
+            exc = self.assertRaises(ConfigError, parse_keys, text, "keys")
             self.assertEqual(str(exc), message)
             self.assertNotIn(OPS_KEY, str(exc))
 
@@ -117,7 +117,7 @@ class KeysServerTests(unittest.TestCase):
         self.assertEqual(code, 200)
 
     def test_a_missing_file_stops_the_start(self):
-        exc = self.assertRaises(ConfigFileError, start_server, self, SYLK_APPLE, "[api]\nkeys_file = nowhere\n")
+        exc = self.assertRaises(ConfigError, start_server, self, SYLK_APPLE, "[api]\nkeys_file = nowhere\n")
         self.assertIn("cannot read keys_file", str(exc))
 
 

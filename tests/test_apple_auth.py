@@ -11,9 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
+from sylkpush.config import ConfigError
 from sylkpush.pns.apple import AppleClient
 from sylkpush.pns.apple_auth import TOKEN_LIFETIME, TokenAuth
-from sylkpush.pns.base import ConfigError
 from sylkpush.testing.certs import new_ec_key, private_key_pem, public_key_pem
 from sylkpush.testing.fake_apns import FakeAPNs
 

@@ -9,8 +9,8 @@ from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from sylkpush.config import ConfigError
 from sylkpush.pns.apple import AppleClient
-from sylkpush.pns.base import ConfigError
 from tests.apple_helpers import TOKEN, TOPIC, FakeAPNsMixin
 from tests.doubles import capture_logs
 

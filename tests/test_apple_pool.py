@@ -9,8 +9,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
+from sylkpush.config import ConfigError
 from sylkpush.pns.apple import AppleClient, pool_size_of
-from sylkpush.pns.base import ConfigError
 from tests.apple_helpers import make_push
 from tests.memory_apns import Behaviour, MemoryNetwork, memory_app, memory_client
 

@@ -7,7 +7,6 @@ it; those with an unreachable cluster only need the driver.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import uuid
@@ -21,7 +20,7 @@ from sylkpush.testing.certs import CertificateAuthority
 from sylkpush.testing.tcp_proxy import TCPProxy
 from sylkpush.tokens import StorageUnavailable
 from sylkpush.tokens.cassandra_cluster import NodeIdentity
-from sylkpush.tokens.cassandra_schema import DEFAULT_TABLE, DEVICES_TABLE, schema_statements
+from sylkpush.tokens.cassandra_schema import DEFAULT_TABLE, DEVICES_TABLE
 from sylkpush.tokens.cassandra_store import CassandraTokenStore
 from tests.cassandra_node import (CA, DRIVER_MISSING, TWISTED_LOOP_DEPRECATED, NodeTestCase, close_store,
                                   forget_driver_timers, node_settings)

@@ -9,7 +9,7 @@ import sys
 
 from twisted.trial import unittest
 
-from sylkpush.config import (ConfigFileError, find_config_dir, load_applications, load_settings,
+from sylkpush.config import (ConfigError, find_config_dir, load_applications, load_settings,
                              parse_networks)
 from tests.helpers import make_config_dir
 
@@ -72,7 +72,7 @@ class SettingsTests(unittest.TestCase):
                 ("keyspace = sylk-pushserver", "line 2: [Cassandra] keyspace must be a letter followed by letters"),
                 ("table = tokens;drop", "line 2: [Cassandra] table must be a letter followed by letters"),
                 ("username = pusher", "[Cassandra] username and password go together")):
-            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", f"[Cassandra]\n{text}\n"))
+            exc = self.assertRaises(ConfigError, load_settings, make_config_dir("", f"[Cassandra]\n{text}\n"))
             self.assertIn(message, str(exc))
 
     def test_bad_values(self):
@@ -80,7 +80,7 @@ class SettingsTests(unittest.TestCase):
                               ("[server]\nreturn_async = perhaps\n", "return_async"),
                               ("[server]\nallowed_hosts = 10.0.0.300\n", "allowed_hosts"),
                               ("not an ini file\n", "cannot read")):
-            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", text))
+            exc = self.assertRaises(ConfigError, load_settings, make_config_dir("", text))
             self.assertIn(message, str(exc))
 
     def test_networks(self):
@@ -89,11 +89,11 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual(str(networks[1]), "::1/128")
 
     def test_networks_that_would_allow_more_than_written_are_refused(self):
-        exc = self.assertRaises(ConfigFileError, parse_networks, "127.0.0.1, 10.1.2.3/8")
+        exc = self.assertRaises(ConfigError, parse_networks, "127.0.0.1, 10.1.2.3/8")
         self.assertEqual(str(exc), "entry '10.1.2.3/8' has host bits set: write 10.0.0.0/8 for the whole network "
                                    "or 10.1.2.3 for the one address")
         for value in (",", " , ,"):  # once read as "no list": everyone allowed
-            exc = self.assertRaises(ConfigFileError, load_settings,
+            exc = self.assertRaises(ConfigError, load_settings,
                                     make_config_dir("", f"[server]\nallowed_hosts = {value}\n"))
             self.assertIn("line 2: [server] allowed_hosts lists no address", str(exc))
 
@@ -109,15 +109,15 @@ class SettingsTests(unittest.TestCase):
                 (f"[server]\nrequest_timeout = -{secret}\n", "[server] request_timeout must be a number"),
                 ("[server]\nmax_connections = 0\n", "line 2: [server] max_connections must be an integer of "
                                                       "at least 1")):
-            exc = self.assertRaises(ConfigFileError, load_settings, make_config_dir("", general))
+            exc = self.assertRaises(ConfigError, load_settings, make_config_dir("", general))
             self.assertIn(expected, str(exc))
             self.assertNotIn(secret, str(exc))
         directory = make_config_dir("")
         with open(os.path.join(directory, "general.ini"), "wb") as stream:
             stream.write(b"[server]\n\n; caf\xe9\n")
-        exc = self.assertRaises(ConfigFileError, load_settings, directory)
+        exc = self.assertRaises(ConfigError, load_settings, directory)
         self.assertIn("line 3 is not UTF-8 text", str(exc))
-        exc = self.assertRaises(ConfigFileError, load_applications,
+        exc = self.assertRaises(ConfigError, load_applications,
                                 load_settings(make_config_dir(f"[a]\napp_id = x\n{secret}\n")))
         self.assertIn("line 3: not a [section] header", str(exc))
         self.assertNotIn(secret, str(exc))
@@ -129,7 +129,7 @@ class SettingsTests(unittest.TestCase):
         self.assertEqual((defaults.max_connections, defaults.request_timeout), (4096, 10.0))
 
     def test_config_dir_search(self):
-        self.assertRaises(ConfigFileError, find_config_dir, "/nonexistent/sylk")
+        self.assertRaises(ConfigError, find_config_dir, "/nonexistent/sylk")
         directory = make_config_dir("")
         self.assertEqual(find_config_dir(directory), directory)
 
@@ -166,7 +166,7 @@ log_remote_key = id
 """, files=("cert.pem", "ca.pem", "sa.json"))
         self.assertEqual(problems, [])
         ios, android = apps
-        self.assertEqual((ios.key, ios.app_type, ios.voip), (("com.example.app.prod", "apple"), "sylk", True))
+        self.assertEqual((ios.key, ios.app_type), (("com.example.app.prod", "apple"), "sylk"))
         self.assertEqual((ios.apple_host, ios.apple_port), ("api.sandbox.push.apple.com", 2197))
         self.assertEqual(ios.apple_certificate, os.path.join(directory, "credentials", "cert.pem"))
         self.assertEqual(ios.tls_ca_file, os.path.join(directory, "credentials", "ca.pem"))
@@ -270,9 +270,47 @@ firebase_push_url = https://[::1/v1
             "unclosed-bracket": "line 42: firebase_push_url must be an http(s) URL with a valid host name, in ASCII"})
         self.assertEqual((apps[0].apple_host, apps[0].apple_port), ("::1", 2197))
 
+    def test_host_names_tls_cannot_use(self):
+        # these pass a look at their characters but not the IDNA encoding the
+        # TLS connection does when the client is built
+        _, (apps, problems) = self.load("""
+[fcm-underscore]
+app_id = a
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://_/x
+[fcm-underscore-label]
+app_id = b
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://push_1.example.com/v1
+[apple-hyphens]
+app_id = c
+app_type = sylk
+app_platform = apple
+apple_push_url = ab--cd.example.com
+[apple-a-label]
+app_id = d
+app_type = sylk
+app_platform = apple
+apple_push_url = xn--zz.example.com:2197
+[fine]
+app_id = e
+app_type = sylk
+app_platform = firebase
+firebase_push_url = https://FCM.Example.com:8443/v1
+""")
+        self.assertEqual([app.section for app in apps], ["fine"])
+        self.assertEqual(dict(problems), {
+            "fcm-underscore": "line 6: firebase_push_url must be an http(s) URL with a valid host name, in ASCII",
+            "fcm-underscore-label": "line 11: firebase_push_url must be an http(s) URL with a valid host name, "
+                                    "in ASCII",
+            "apple-hyphens": "line 16: apple_push_url must be host or host:port, with a valid host name",
+            "apple-a-label": "line 21: apple_push_url must be host or host:port, with a valid host name"})
+
     def test_unreadable_file(self):
         directory = make_config_dir("[broken\n")
-        self.assertRaises(ConfigFileError, load_applications, load_settings(directory))
+        self.assertRaises(ConfigError, load_applications, load_settings(directory))
 
 
 class CommandLineTests(unittest.TestCase):

@@ -1,4 +1,4 @@
-"""Custom applications and push services from the config directory (SPEC §5),
+"""Custom applications and push services from the config directory,
 using the shipped templates config/applications/myapp.py and config/pns/mypns.py."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web import resource, server
 
-from sylkpush.registry import default_client_class
+from sylkpush.pns.client_classes import client_class
 from sylkpush.service import PushServer
 from sylkpush.config import load_settings
 from tests.doubles import capture_logs
@@ -80,7 +80,7 @@ class CustomModuleTests(unittest.TestCase):
         self.addCleanup(port.stopListening)
         self.fake_url = f"http://127.0.0.1:{port.getHost().port}/send"
 
-    def start(self, directory, find_client=default_client_class):
+    def start(self, directory, find_client=client_class):
         settings = dataclasses.replace(load_settings(directory, host="127.0.0.1", port=0),
                                        spool_dir=os.path.join(directory, "spool"))
         push_server = PushServer(settings, reactor, find_client=find_client)
@@ -124,8 +124,8 @@ class CustomModuleTests(unittest.TestCase):
     def test_broken_push_service_module_disables_only_its_apps(self):
         directory = config_dir_with_templates(mypns_app(self.fake_url) + SYLK_APPLE,
                                               pns_source="import nothing_of_that_name\n")
-        _, url = self.start(directory, lambda platform, settings: (
-            default_client_class(platform, settings) if platform == "mypns" else RecordingClient))
+        _, url = self.start(directory, lambda platform, extra_dir: (
+            client_class(platform, extra_dir) if platform == "mypns" else RecordingClient))
         [line] = self.logs.matching("application [mine] disabled")
         self.assertIn("pns/mypns.py failed to import: ModuleNotFoundError", line)
         code, body, _ = yield post(url, wakeup(**{"app-id": "com.example.mine", "platform": "mypns"}))
@@ -143,6 +143,16 @@ class CustomModuleTests(unittest.TestCase):
         self.assertIn("has no class MypnsClient", line)
         code, _, _ = yield post(url, wakeup(**{"app-id": "com.example.mine", "platform": "mypns"}))
         self.assertEqual(code, 503)
+
+    def test_push_service_module_raising_config_error_of_pns_base(self):
+        # modules written from the earlier template import ConfigError from sylkpush.pns.base
+        source = ("from sylkpush.pns.base import ConfigError, PushClient\n\n"
+                  "class MypnsClient(PushClient):\n"
+                  "    def __init__(self, app, reactor):\n"
+                  "        raise ConfigError('mypns_url is missing')\n")
+        self.start(config_dir_with_templates(mypns_app(self.fake_url), pns_source=source))
+        [line] = self.logs.matching("application [mine] disabled")
+        self.assertTrue(line.endswith("application [mine] disabled: mypns_url is missing"), line)
 
     @defer.inlineCallbacks
     def test_broken_application_module_disables_only_its_apps(self):

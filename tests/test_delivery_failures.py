@@ -11,7 +11,7 @@ from twisted.trial import unittest
 from sylkpush.config import AppConfig
 from sylkpush.dispatch import Dispatcher
 from sylkpush.pns.base import PushClient
-from sylkpush.registry import AppRegistry, Application
+from sylkpush.app_registry import AppRegistry, Application
 from tests.apple_helpers import make_push
 from tests.helpers import wakeup
 from tests.memory_apns import Behaviour, MemoryNetwork, memory_client
@@ -174,7 +174,7 @@ class DispatcherDeadlineTests(unittest.TestCase):
     """6. A client that never answers cannot keep the caller waiting past the deadline."""
 
     def test_caller_answered_at_the_deadline(self):
-        from sylkpush.applications.registry import renderer_classes
+        from sylkpush.applications.renderer_classes import renderer_classes
         clock = Clock()
         config = AppConfig(section="s", app_id="com.example.sylk", app_type="sylk", platform="apple")
         headers, payload = renderer_classes("sylk", "apple")

@@ -23,8 +23,8 @@ class EndToEndFirebaseTests(unittest.TestCase):
         self.fake = FakeFCM(reactor, os.path.abspath(self.mktemp()), service_key=service_key())
         yield self.fake.start()
         self.addCleanup(self.fake.stop)
-        applications = (self.fake.applications_ini_section("com.example.sylk", app_type="sylk")
-                        + self.fake.applications_ini_section("org.linphone.phone", app_type="linphone",
+        applications = (self.fake.applications_ini("com.example.sylk", app_type="sylk")
+                        + self.fake.applications_ini("org.linphone.phone", app_type="linphone",
                                                              legacy=True))
         self.server, url = start_server(self, applications, find_client=None)
         self.push_url = url + "/push"

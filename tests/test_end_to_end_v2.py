@@ -27,7 +27,7 @@ class EndToEndV2Tests(unittest.TestCase):
         self.addCleanup(self.apns.stop)
         self.addCleanup(self.fcm.stop)
         applications = (self.apns.applications_ini("com.example.sylk.prod", "sylk", voip=True)
-                        + self.fcm.applications_ini_section("com.example.sylk.prod", section="fcm", app_type="sylk"))
+                        + self.fcm.applications_ini("com.example.sylk.prod", section="fcm", app_type="sylk"))
         self.server, url = start_server(self, applications, find_client=None)
         self.tokens = url + "/v2/tokens/alice@example.com"
         for _ in range(200):

@@ -9,7 +9,8 @@ import os
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from sylkpush.pns.base import ConfigError, OutgoingPush
+from sylkpush.config import ConfigError
+from sylkpush.pns.base import OutgoingPush
 from sylkpush.pns.firebase import FirebaseClient, parse_retry_after
 from tests.doubles import capture_logs
 from tests.firebase_helpers import FakeFCMMixin, app_for, push_for, v1_payload

@@ -13,10 +13,10 @@ from twisted.trial import unittest
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from sylkpush.config import ConfigError
 from sylkpush.pns import google_oauth
-from sylkpush.pns.base import ConfigError
-from sylkpush.pns.google_oauth import AccessTokenSource, TokenError, load_service_account, make_assertion
 from sylkpush.pns.firebase import _VerifiedTLSPolicy
+from sylkpush.pns.google_oauth import AccessTokenSource, TokenError, load_service_account, make_assertion
 from sylkpush.testing.fake_fcm import write_service_account
 from tests.firebase_helpers import FakeFCMMixin, wait_until
 

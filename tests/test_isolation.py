@@ -86,7 +86,7 @@ class Buggy(RecordingClient):
         super().start()
 
 
-def buggy_client_class(platform, settings):
+def buggy_client_class(platform, extra_dir):
     return Buggy
 
 
@@ -132,7 +132,7 @@ class AnyFailureTests(unittest.TestCase):
         self.assertIs(server.registry.get("com.example.start", "apple").client, working)
         self.assertIsNone(server.registry.get("com.example.init", "apple"))
         [kept] = self.logs.matching("application [start]:")  # one warning (besides the bug's traceback)
-        self.assertIn("WARNING sylkpush.registry: application [start]: new settings not applied, its previous "
+        self.assertIn("WARNING sylkpush.app_registry: application [start]: new settings not applied, its previous "
                       "working settings stay active: cannot be started: KeyError: 'bug in start'", kept)
         answers = yield self.assert_serving(url, "sylk", "start", "added")
         self.assertEqual([code for code, _, _ in answers], [200, 200, 200])

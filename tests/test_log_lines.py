@@ -69,7 +69,7 @@ class FactoryLinesTests(unittest.TestCase):
         applications = "".join(
             section + f"log_remote_urls = {log_url}\n" for section in (
                 apns.applications_ini("com.example.sylk", "sylk"),
-                "\n" + fcm.applications_ini_section("com.example.sylk", section="sylk-android"),
+                "\n" + fcm.applications_ini("com.example.sylk", section="sylk-android"),
                 mypns_app(self.listen(mypns) + "send")))
         directory = config_dir_with_templates(applications)
         settings = dataclasses.replace(load_settings(directory, host="127.0.0.1", port=0),

@@ -1,4 +1,4 @@
-"""GET /health and GET /metrics (SPEC §12)."""
+"""GET /health and GET /metrics."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class StatusClient(RecordingClient):
         return dict(self.state)
 
 
-def status_client_class(platform, settings):
+def status_client_class(platform, extra_dir):
     return StatusClient
 
 
@@ -91,9 +91,9 @@ class HealthTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_client_not_loaded_is_down(self):
-        from sylkpush.pns.base import ConfigError
+        from sylkpush.config import ConfigError
 
-        def no_client(platform, settings):
+        def no_client(platform, extra_dir):
             raise ConfigError("no module for you")
         _, url = start_server(self, SYLK_APPLE, find_client=no_client)
         code, body, _ = yield post(url + "/health", None, method="GET")
@@ -127,7 +127,7 @@ class MetricsTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_counts_after_a_mixed_run(self):
-        apple, firebase = self.client(), self.client("firebase")
+        apple = self.client()
         apple.answers["gone"] = PushResult(410, "Unregistered", "https://push.test/gone")
         apple.answers["down"] = PushResult(503, "no connection", "https://push.test/down")
         hanging = Deferred()

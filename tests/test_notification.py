@@ -1,4 +1,4 @@
-"""Validation rules of the wake-up request (SPEC §4), without HTTP."""
+"""Validation rules of the wake-up request, without HTTP."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ hundreds of examples run in a few seconds; the push client is the recording
 double, which answers 200.
 
 Whatever general.ini and applications.ini hold, loading them either works or
-raises ConfigFileError, never another exception; every section ends up an
+raises ConfigError, never another exception; every section ends up an
 application or a problem naming it, the real Apple and Firebase clients are
 built from what passes without an unexpected error, and no error quotes a
 value.
@@ -306,8 +306,8 @@ class ConfigParserProperties(unittest.TestCase):
     def test_any_files(self, data: Any):
         from twisted.internet.task import Clock
 
-        from sylkpush.config import ConfigFileError, load_applications, load_settings
-        from sylkpush.registry import build_registry, default_client_class
+        from sylkpush.config import ConfigError, load_applications, load_settings
+        from sylkpush.app_registry import build_registry
 
         general = ini_text(data.draw, GENERAL_KEYS, ["server", "Cassandra"], {})
         applications = ini_text(data.draw, APP_KEYS, ["one", "two", "three"], self.credentials,
@@ -319,12 +319,12 @@ class ConfigParserProperties(unittest.TestCase):
         try:
             settings = load_settings(directory)
             configs, problems = load_applications(settings)
-        except ConfigFileError as exc:
+        except ConfigError as exc:
             self.check_message(str(exc))
             return
         sections = {config.section for config in configs} | {section for section, _ in problems}
         self.assertLessEqual(sections, {"one", "two", "three"})
-        registry, more = build_registry(settings, configs, Clock(), default_client_class)
+        registry, more = build_registry(settings, configs, Clock())
         for app in registry:
             if app.client is not None:
                 app.client.stop()

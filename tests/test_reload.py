@@ -1,4 +1,4 @@
-"""Live reload of applications.ini (SPEC §10): file changes, SIGHUP, broken files."""
+"""Live reload of applications.ini: file changes, SIGHUP, broken files."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.doubles import DelayedClient, capture_logs, start_ops_server, write_a
 from tests.helpers import LINPHONE_APPLE, SYLK_APPLE, SYLK_FIREBASE, post, wakeup
 from sylkpush.reload import FileWatcher
 
-SYLK_APPLE_VOIP = SYLK_APPLE + "voip = true\n"
+SYLK_APPLE_CHANGED = SYLK_APPLE + "apple_apns_id = true\n"
 BROKEN_SYLK_APPLE = SYLK_APPLE + "apple_certificate = missing.pem\n"
 
 
@@ -97,13 +97,13 @@ class ReloadTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_changed_app_replaced(self):
         old = self.app().client
-        write_applications(self.directory, SYLK_APPLE_VOIP + SYLK_FIREBASE)
+        write_applications(self.directory, SYLK_APPLE_CHANGED + SYLK_FIREBASE)
         yield self.server.reload()
         new = self.app().client
         self.assertIsNot(new, old)
         self.assertTrue(new.started)
         self.assertTrue(old.stopping)
-        self.assertTrue(self.app().config.voip)
+        self.assertTrue(self.app().config.apple_apns_id)
 
     @defer.inlineCallbacks
     def test_unparsable_file_keeps_everything(self):
@@ -144,18 +144,18 @@ class ReloadTests(unittest.TestCase):
         self.assertIsNotNone(self.app(app_id="org.linphone.phone"))
         # said once, as a warning: the application still delivers
         [problem] = self.logs.matching("application [sylk-ios]")
-        self.assertIn("WARNING sylkpush.registry: application [sylk-ios]: new settings not applied, its previous "
+        self.assertIn("WARNING sylkpush.app_registry: application [sylk-ios]: new settings not applied, its previous "
                       "working settings stay active: ", problem)
         self.assertIn("apple_certificate file ", problem)
         self.assertIn("missing.pem does not exist", problem)
         [problem] = self.logs.matching("application [new-broken]")
-        self.assertIn("ERROR sylkpush.registry: application [new-broken] disabled: app_platform is missing", problem)
+        self.assertIn("ERROR sylkpush.app_registry: application [new-broken] disabled: app_platform is missing", problem)
         code, _, _ = yield post(self.url + "/push", wakeup())
         self.assertEqual(code, 200)
         # once fixed, the new settings are applied
-        write_applications(self.directory, SYLK_APPLE_VOIP)
+        write_applications(self.directory, SYLK_APPLE_CHANGED)
         yield self.server.reload()
-        self.assertTrue(self.app().config.voip)
+        self.assertTrue(self.app().config.apple_apns_id)
         self.assertTrue(apple.stopping)
 
     @defer.inlineCallbacks
@@ -178,7 +178,7 @@ class ReloadTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_overlapping_reloads_run_one_after_the_other(self):
-        write_applications(self.directory, SYLK_APPLE_VOIP)
+        write_applications(self.directory, SYLK_APPLE_CHANGED)
         first, second = self.server.reload(), self.server.reload()
         results = yield defer.gatherResults([first, second])
         self.assertEqual(results, [True, True])
@@ -356,7 +356,7 @@ class BuiltOffTheReactorThreadTests(unittest.TestCase):
 
         DelayedClient.instances = []
         capture_logs(self)
-        server, url, directory = start_ops_server(self, SYLK_APPLE, find_client=lambda platform, settings: SlowToBuild)
+        server, url, directory = start_ops_server(self, SYLK_APPLE, find_client=lambda platform, extra_dir: SlowToBuild)
         write_applications(directory, SYLK_APPLE + "slow = 1\n")
         reloading = server.reload()
         yield until(lambda: events)

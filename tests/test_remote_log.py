@@ -1,4 +1,4 @@
-"""Remote HTTP logging (SPEC §9): shape, key logging, dead and silent URLs, the cap."""
+"""Remote HTTP logging: shape, key logging, dead and silent URLs, the cap."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sylkpush.config import AppConfig
 from sylkpush.dispatch import PreparedPush
 from sylkpush.notification import parse_notification
 from sylkpush.pns.base import OutgoingPush, PushResult
-from sylkpush.registry import Application
+from sylkpush.app_registry import Application
 from sylkpush.remote_log import remote_record
 from tests.doubles import DelayedClient, capture_logs, start_ops_server
 from tests.helpers import post, wakeup

@@ -1,4 +1,4 @@
-"""Nothing lost, nothing doubled (SPEC §13): /push under load while the fake APNs misbehaves.
+"""Nothing lost, nothing doubled: /push under load while the fake APNs misbehaves.
 
 The daemon runs in-process with its real Apple client; a fake APNs on
 loopback drops connections mid-stream, says GOAWAY, answers 5xx bursts,
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import treq
 from twisted.internet import defer, reactor, task
@@ -308,7 +308,7 @@ class FirebaseResilienceTests(CommonFaultTests, unittest.TestCase):
         self.fake = FakeFCM(reactor, directory, delay=0.002, service_key=service_key())
         yield self.fake.start()
         self.addCleanup(self.fake.stop)
-        self.server, url = start_server(self, self.fake.applications_ini_section(APP_ID), find_client=None)
+        self.server, url = start_server(self, self.fake.applications_ini(APP_ID), find_client=None)
         self.push_url = (url + "/push").encode()
         [app] = list(self.server.registry)
         self.client = app.client

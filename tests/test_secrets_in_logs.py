@@ -1,4 +1,4 @@
-"""Secrets never reach a log line (SPEC §8), through the daemon's own logging set-up.
+"""Secrets never reach a log line, through the daemon's own logging set-up.
 
 A client double logs, at DEBUG, the kinds of lines real clients write:
 authorization headers (as text, dict and HTTP/2 header tuples), a provider
@@ -72,7 +72,7 @@ class SecretsTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_no_secret_in_any_line(self):
         _, url = start_server(self, SYLK_APPLE, "[server]\ndebug = true\n",
-                              find_client=lambda platform, settings: SecretiveClient)
+                              find_client=lambda platform, extra_dir: SecretiveClient)
         for i in range(3):
             code, _, _ = yield post(url + "/push", wakeup(token=f"token-{i}"))
             self.assertEqual(code, 200)
@@ -127,8 +127,8 @@ class RealClientSecretsTests(SecretsTests):
         self.addCleanup(fcm.stop)
         applications = (apns.applications_ini("com.example.token", auth="token")
                         + apns.applications_ini("com.example.cert", auth="certificate")
-                        + fcm.applications_ini_section("com.example.v1")
-                        + fcm.applications_ini_section("com.example.legacy", legacy=True))
+                        + fcm.applications_ini("com.example.v1")
+                        + fcm.applications_ini("com.example.legacy", legacy=True))
         _, url = start_server(self, applications, "[server]\ndebug = true\n", find_client=None)
         token = "0a1b2c3d" * 8
         for app_id, platform in (("com.example.token", "apple"), ("com.example.cert", "apple"),

@@ -67,7 +67,7 @@ def resolving_to(ports):
 
         def _resolve(self):
             return succeed([IPv4Address("TCP", "127.0.0.1", port) for port in ports()])
-    return lambda platform, settings: Client
+    return lambda platform, extra_dir: Client
 
 
 class BlackHoleAddressTests(TimedLoad, unittest.TestCase):

@@ -14,7 +14,7 @@ import re
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from sylkpush.config import ConfigFileError, load_settings
+from sylkpush.config import ConfigError, load_settings
 from sylkpush.testing.fake_apns import FakeAPNs
 from tests.firebase_helpers import wait_until
 from tests.helpers import make_config_dir, post, wakeup
@@ -34,7 +34,7 @@ class WorkersSettingTests(unittest.TestCase):
         self.assertEqual(workers(3), 3)
         self.assertEqual(workers("auto"), len(os.sched_getaffinity(0)))
         for bad in ("0", "-1", "two", "1.5", ""):
-            with self.assertRaisesRegex(ConfigFileError, r"general.ini line 2: \[server\] workers must be an "
+            with self.assertRaisesRegex(ConfigError, r"general.ini line 2: \[server\] workers must be an "
                                                          r"integer of at least 1, or auto"):
                 workers(bad)
 

@@ -41,8 +41,9 @@ from treq.client import HTTPClient
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.web.client import Agent
 
+from sylkpush.config import ConfigError
 from sylkpush.http_pool import connection_pool
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult
+from sylkpush.pns.base import OutgoingPush, PushResult
 from sylkpush.pns.engine import DeliveryClient, parse_retry_after
 from sylkpush.pns.pending import PendingPush
 

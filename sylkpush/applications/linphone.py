@@ -1,10 +1,10 @@
-"""Linphone: what is sent to Apple and Firebase for an incoming call (SPEC §5).
+"""Linphone: what is sent to Apple and Firebase for an incoming call (docs/payloads.md).
 
 Linphone applications only take ``incoming_session``.  ``send-time`` is the
 ``now`` given to the renderer, in UTC, as ``YYYY-MM-DD HH:MM:SS``.
 
-Apple's ``loc-args`` is sent as ``[from]``: SPEC writes ``loc-args: from``
-but APNs requires an array of strings there.  Firebase ``data`` values must be
+Apple's ``loc-args`` is sent as ``[from]``: the original server sent the
+bare string, but APNs requires an array of strings there.  Firebase ``data`` values must be
 strings, so there ``loc-args`` is the from URI itself.
 """
 

@@ -1,10 +1,10 @@
-"""Sylk (the AG Projects mobile client): what is sent to Apple and Firebase (SPEC §5).
+"""Sylk (the AG Projects mobile client): what is sent to Apple and Firebase (docs/payloads.md).
 
-Choices where the SPEC leaves a value open:
+Choices for values the request may leave out:
 
 - ``from_display_name`` is always a string: the caller's display name, or the
-  from URI when the request had none (the rule SPEC gives for Firebase, used
-  for Apple too so both apps read the same thing).
+  from URI when the request had none (Firebase's rule, used for Apple too so
+  both apps read the same thing).
 - Other optional text fields (``reason``, ``account``, ``content``,
   ``content_type``, ``filename``, ``filetype``) are sent as ``""`` when the
   request did not have them, on both platforms: every event always carries

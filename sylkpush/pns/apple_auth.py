@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet import ssl
 
-from sylkpush.pns.base import ConfigError
+from sylkpush.config import ConfigError
 from sylkpush.pns.tls import load_client_certificate
 
 #: seconds a provider token is used before a new one is made (Apple: 20 to 60 min)

@@ -18,9 +18,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from twisted.internet.defer import Deferred, succeed
 
-
-class ConfigError(Exception):
-    """An application's settings are unusable; the message says why."""
+# custom push services written from an earlier template import it from here
+from sylkpush.config import ConfigError as ConfigError  # noqa: F401
 
 
 @dataclass(slots=True)

@@ -27,8 +27,9 @@ from twisted.web.http import RESPONSES
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from sylkpush.config import ConfigError
 from sylkpush.http_pool import connection_pool
-from sylkpush.pns.base import ConfigError, OutgoingPush, PushResult, headers_text
+from sylkpush.pns.base import OutgoingPush, PushResult, headers_text
 from sylkpush.pns.engine import parse_retry_after
 from sylkpush.pns.google_oauth import AccessTokenSource, TokenError, load_service_account
 from sylkpush.pns.h2pool import H2Pending, H2PoolClient, Request, pool_size_of
@@ -353,7 +354,8 @@ class FirebaseClient(H2PoolClient):
         if code == 401 and fcm_code != "THIRD_PARTY_AUTH_ERROR":
             if not pending.auth_retried and self.tokens is not None:
                 pending.auth_retried = True
-                self.tokens.invalidate(pending.access_token)
+                if pending.access_token is not None:
+                    self.tokens.invalidate(pending.access_token)
                 raise _Retry(f"access token refused: {reason}", at_once=True)
             return PushResult(401, reason, self.url, body)
         if (code == 404 and fcm_code == "UNREGISTERED") or \

@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred, CancelledError
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
-from sylkpush.pns.base import ConfigError
+from sylkpush.config import ConfigError
 
 log = logging.getLogger(__name__)
 

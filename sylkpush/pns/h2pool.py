@@ -30,7 +30,8 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sylkpush.pns.base import ConfigError, OutgoingPush
+from sylkpush.config import ConfigError
+from sylkpush.pns.base import OutgoingPush
 from sylkpush.pns.engine import DeliveryClient
 from sylkpush.pns.http2 import REFUSED, RESET, UNPROCESSED, H2ClientProtocol
 from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, IN_FLIGHT, PendingPush, backoff_delay

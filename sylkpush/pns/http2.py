@@ -53,6 +53,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sylkpush.transports import ITLSStreamTransport
+
 log = logging.getLogger(__name__)
 
 REFUSED = "refused"
@@ -221,6 +223,8 @@ class H2ClientProtocol(Protocol):
     see the module's description.  After GOAWAY, streams the peer still owes
     an answer get ``ping_timeout`` seconds.
     """
+
+    transport: ITLSStreamTransport
 
     #: seconds between two liveness checks
     check_interval = 0.25

@@ -137,7 +137,7 @@ class PendingQueue:
 
     def take_all(self) -> List[PendingPush]:
         """Remove and return every waiting push, oldest first."""
-        taken = []
+        taken: List[PendingPush] = []
         while True:
             pending = self.get()
             if pending is None:

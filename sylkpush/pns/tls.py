@@ -15,7 +15,7 @@ from twisted.internet import ssl
 from twisted.internet._sslverify import IOpenSSLTrustRoot  # not re-exported by twisted.internet.ssl
 from zope.interface import implementer
 
-from sylkpush.pns.base import ConfigError
+from sylkpush.config import ConfigError
 
 
 def _read(path: str) -> bytes:

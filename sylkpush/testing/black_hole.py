@@ -13,8 +13,12 @@ from typing import Any, List
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.protocol import Factory, Protocol
 
+from sylkpush.transports import IStreamTransport
+
 
 class _Mute(Protocol):
+    transport: IStreamTransport
+
     def __init__(self, hole: "BlackHole") -> None:
         self.hole = hole
         self.lost: Deferred = Deferred()
@@ -22,9 +26,6 @@ class _Mute(Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         self.hole.connections.append(self)
         self.hole.accepted += 1
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        self.hole.bytes_received += len(data)
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
         self.hole.connections.remove(self)
@@ -41,7 +42,6 @@ class BlackHole(Factory):
         self.host = host
         self.port = 0
         self.accepted = 0
-        self.bytes_received = 0
         self.connections: List[_Mute] = []
         self._listening: Any = None
 

@@ -1,4 +1,5 @@
-"""A small HTTP control port for the fakes run as separate processes.
+"""Running a fake as a program: its command line, and a small HTTP control
+port for the fakes run as separate processes.
 
 The benchmark and the soak drive faults and read counts through it, since
 they cannot call the fake's methods across a process boundary::
@@ -12,6 +13,7 @@ Loopback only: the fakes are test tools.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from collections import Counter
@@ -19,6 +21,8 @@ from typing import Any, Callable, Dict, List
 
 from twisted.internet.task import LoopingCall
 from twisted.web import resource, server
+
+from sylkpush.logs import FORMAT
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +126,50 @@ def listen_control(reactor: Any, fake: Any, port: int) -> int:
     site.noisy = False
     site.log = lambda request: None
     return reactor.listenTCP(port, site, interface="127.0.0.1").getHost().port
+
+
+def fake_arguments(prog: str, description: str, app_id: str, files: str) -> argparse.ArgumentParser:
+    """The command line both fakes share; ``files`` says what ``--dir`` receives."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="listen port (default: any free port)")
+    parser.add_argument("--dir", required=True, help=f"directory where {files} are written")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--app-id", default=app_id, help="app_id of the applications.ini sample")
+    parser.add_argument("--app-type", default="sylk", help="app_type of the applications.ini sample")
+    parser.add_argument("--control-port", type=int, default=None,
+                        help="serve GET /stats and POST /fault/<name> on 127.0.0.1 at this port "
+                             "(0: any free port, printed on the second line)")
+    parser.add_argument("--quiet", action="store_true", help="log warnings only (no periodic count lines)")
+    return parser
+
+
+def serve_fake(reactor: Any, fake: Any, name: str, args: argparse.Namespace,
+               details: Callable[[], List[str]]) -> int:
+    """Start ``fake`` and run the reactor until a signal stops it.
+
+    Prints ``<name> listening on <host:port>`` first (scripts wait for it),
+    then ``control port N`` with ``--control-port``, then ``details()``; at
+    exit one ``stats {...}`` line for scripts that check deliveries.
+    """
+    # as the daemon's lines, which a demo mixes in
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=FORMAT)
+
+    def started(_: int) -> None:
+        lines = details()  # before the first line: it may write files the scripts read then
+        print(f"{name} listening on {fake.authority}", flush=True)
+        if args.control_port is not None:
+            print(f"control port {listen_control(reactor, fake, args.control_port)}", flush=True)
+        for line in lines:
+            print(line, flush=True)
+        if not args.quiet:
+            report_periodically(reactor, fake, f"{name} {fake.authority}")
+
+    def final_stats() -> None:
+        print("stats " + json.dumps(fake_stats(fake)), flush=True)
+
+    fake.start().addCallback(started)
+    reactor.addSystemEventTrigger("before", "shutdown", final_stats)
+    reactor.run()
+    return 0
+

@@ -21,17 +21,16 @@ so a client that retries it does not deliver it twice.
 
 Command line (for demos)::
 
-    python -m sylkpush.testing.fake_apns --port 8443 --ca-dir DIR --delay 0.05
+    python -m sylkpush.testing.fake_apns --port 8443 --dir DIR --delay 0.05
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import string
-import tempfile
+import sys
 import time
 import uuid
 from collections import Counter
@@ -51,8 +50,8 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
-from sylkpush.logs import FORMAT
 from sylkpush.testing.certs import CertificateAuthority, new_ec_key, private_key_pem, public_key_pem
+from sylkpush.testing.control import fake_arguments, serve_fake
 from sylkpush.testing.h2server import H2ServerProtocol
 
 log = logging.getLogger("sylkpush.testing.fake_apns")  # not __main__ when run with -m
@@ -267,19 +266,15 @@ class _FakeFactory(Factory):
 class FakeAPNs:
     """The fake APNs server.  ``start()`` listens and returns ``Deferred[port]``.
 
-    ``directory``: where the CA, client certificate and ``.p8`` key are written
-    (a new temporary directory when None).  Files: ``ca.crt`` (trust it with
+    ``directory``: where the CA, client certificate and ``.p8`` key are written.  Files: ``ca.crt`` (trust it with
     ``tls_ca_file``), ``client.crt`` and ``client.key`` (certificate auth),
     ``AuthKey_<key_id>.p8`` (token auth).
     """
 
-    def __init__(self, reactor: Any = None, directory: Optional[str] = None, host: str = "127.0.0.1",
-                 port: int = 0, delay: float = 0.0, max_concurrent_streams: int = 1000,
+    def __init__(self, reactor: Any, directory: str, host: str = "127.0.0.1", port: int = 0,
+                 delay: float = 0.0, max_concurrent_streams: int = 1000,
                  key_id: str = "FAKEKEY123", team_id: str = "FAKETEAM12",
                  topics: Tuple[str, ...] = (), require_certificate: bool = False) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-            reactor = default_reactor
         self.reactor = reactor
         self.host = host
         self.port = port
@@ -289,7 +284,7 @@ class FakeAPNs:
         self.team_id = team_id
         #: when not empty, apns-topic must be one of these (else 400 BadTopic)
         self.topics = tuple(topics)
-        self.directory = directory or tempfile.mkdtemp(prefix="fake-apns-")
+        self.directory = os.path.abspath(directory)
         os.makedirs(self.directory, exist_ok=True)
         self.ca = CertificateAuthority("Fake APNs CA")
         server_names = ("localhost", "127.0.0.1", "::1") if host in ("127.0.0.1", "::1", "localhost") \
@@ -304,7 +299,6 @@ class FakeAPNs:
             stream.write(private_key_pem(signing_key))
         self._public_key = load_pem_public_key(public_key_pem(signing_key))
         self._tls = self._server_options(require_certificate)
-        self._require_certificate = require_certificate
         #: while True, (re)starts present a certificate from another CA
         self.wrong_certificate = False
         self._listening: Any = None
@@ -620,55 +614,29 @@ class FakeAPNs:
         return ""
 
 
-def _main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sylkpush.testing.fake_apns",
-                                     description="A fake APNs server for tests and demos (loopback).")
-    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="listen port (default: any free port)")
-    parser.add_argument("--ca-dir", required=True,
-                        help="directory where ca.crt, client.crt, client.key, AuthKey_<key id>.p8 "
-                             "and fake-apns.ini are written")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the fake until interrupted, after writing the files a demo configuration needs."""
+    parser = fake_arguments("python -m sylkpush.testing.fake_apns", "A fake APNs server for tests and demos (loopback).",
+                            "com.example.fake", "ca.crt, client.crt, client.key, AuthKey_<key id>.p8 and fake-apns.ini")
     parser.add_argument("--max-streams", type=int, default=1000,
                         help="SETTINGS_MAX_CONCURRENT_STREAMS advertised")
-    parser.add_argument("--app-id", default="com.example.fake", help="app_id used in fake-apns.ini")
     parser.add_argument("--auth", choices=("certificate", "token"), default="certificate",
                         help="authentication fake-apns.ini uses (the server accepts both)")
-    parser.add_argument("--app-type", default="sylk")
-    parser.add_argument("--control-port", type=int, default=None,
-                        help="serve GET /stats and POST /fault/<name> on 127.0.0.1 at this port "
-                             "(0: any free port, printed on the second line)")
-    parser.add_argument("--quiet", action="store_true", help="no periodic count lines")
     args = parser.parse_args(argv)
-
     from twisted.internet import reactor
 
-    logging.basicConfig(level=logging.INFO, format=FORMAT)  # as the daemon's lines, which a demo mixes in
-    fake = FakeAPNs(reactor, directory=os.path.abspath(args.ca_dir), host=args.host, port=args.port,
-                    delay=args.delay, max_concurrent_streams=args.max_streams)
-    fake.start()
-    ini = os.path.join(fake.directory, "fake-apns.ini")
-    with open(ini, "w", encoding="utf-8") as stream:
-        stream.write(fake.applications_ini(args.app_id, app_type=args.app_type, auth=args.auth))
-    # the first line is for scripts that wait for the fake to be up
-    print(f"fake APNs listening on {fake.authority}", flush=True)
-    if args.control_port is not None:
-        from sylkpush.testing.control import listen_control
-        print(f"control port {listen_control(reactor, fake, args.control_port)}", flush=True)
-    print(f"applications.ini section written to {ini}:", flush=True)
-    print(fake.applications_ini(args.app_id, app_type=args.app_type, auth=args.auth), flush=True)
+    fake = FakeAPNs(reactor, args.dir, host=args.host, port=args.port, delay=args.delay,
+                    max_concurrent_streams=args.max_streams)
 
-    def final_stats() -> None:
-        # one machine-readable line at exit, for scripts that check deliveries
-        from sylkpush.testing.control import fake_stats
-        print("stats " + json.dumps(fake_stats(fake)), flush=True)
+    def details() -> List[str]:
+        section = fake.applications_ini(args.app_id, app_type=args.app_type, auth=args.auth)
+        ini = os.path.join(fake.directory, "fake-apns.ini")
+        with open(ini, "w", encoding="utf-8") as stream:
+            stream.write(section)
+        return [f"applications.ini section written to {ini}:", section]
 
-    if not args.quiet:
-        from sylkpush.testing.control import report_periodically
-        report_periodically(reactor, fake, f"fake APNs {fake.authority}")
-    reactor.addSystemEventTrigger("before", "shutdown", final_stats)
-    reactor.run()
+    return serve_fake(reactor, fake, "fake APNs", args, details)
 
 
 if __name__ == "__main__":
-    _main()
+    sys.exit(main())

@@ -21,7 +21,6 @@ Run it by hand for a demo::
 
 from __future__ import annotations
 
-import argparse
 import collections
 import io
 import itertools
@@ -46,8 +45,8 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from sylkpush.logs import FORMAT
 from sylkpush.testing.certs import CertificateAuthority
+from sylkpush.testing.control import fake_arguments, serve_fake
 from sylkpush.testing.h2server import AlpnSwitch, H2ServerProtocol
 from sylkpush.web import ConnectionTracker
 
@@ -306,16 +305,16 @@ class FakeFCM:
     ``service_key`` (an RSA key) saves generating one when many fakes are made.
     """
 
-    def __init__(self, reactor: Any, directory: str, project: str = "sylk-fake", port: int = 0,
-                 delay: float = 0.0, token_lifetime: float = 3600.0, interface: str = "127.0.0.1",
+    def __init__(self, reactor: Any, directory: str, host: str = "127.0.0.1", port: int = 0,
+                 delay: float = 0.0, project: str = "sylk-fake", token_lifetime: float = 3600.0,
                  legacy_key: Optional[str] = None, wall_time: Callable[[], float] = time.time,
                  service_key: Optional[rsa.RSAPrivateKey] = None) -> None:
         self.reactor = reactor
-        self.directory = directory
+        self.directory = directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
         self.project = project
         self.port = port
-        self.interface = interface
+        self.host = host
         self.delay = delay
         self.token_lifetime = token_lifetime
         self.legacy_key = legacy_key or "AAAA" + secrets.token_urlsafe(32)
@@ -362,9 +361,13 @@ class FakeFCM:
     # --- addresses -------------------------------------------------------------
 
     @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    @property
     def base_url(self) -> str:
-        host = f"[{self.interface}]" if ":" in self.interface else self.interface
-        return f"https://{host}:{self.port}"
+        return f"https://{self.authority}"
 
     @property
     def push_url(self) -> str:
@@ -384,7 +387,7 @@ class FakeFCM:
         """Listen (on the same port as before after a stop); fires with the port."""
         root = _FakeResource(self)
         self._factory = _Connections(_Switching(self, _QuietSite(root)), self.reactor)
-        self._listening = self.reactor.listenSSL(self.port, self._factory, self._tls, interface=self.interface)
+        self._listening = self.reactor.listenSSL(self.port, self._factory, self._tls, interface=self.host)
         self.port = self._listening.getHost().port
         if not self.service_account_file:
             self.service_account_file, _ = write_service_account(
@@ -442,11 +445,6 @@ class FakeFCM:
         """Every access token issued so far is refused from now on (401)."""
         self.access_tokens.clear()
 
-    def expire_access_tokens(self) -> None:
-        now = self.reactor.seconds()
-        for token in self.access_tokens:
-            self.access_tokens[token] = now
-
     def wait_for_requests(self, count: int) -> Deferred:
         """Fires once ``count`` push requests in total have arrived."""
         d: Deferred = Deferred()
@@ -456,8 +454,8 @@ class FakeFCM:
             self._request_waiters.append((count, d))
         return d
 
-    def applications_ini_section(self, app_id: str = "com.example.fake.fcm", section: str = "",
-                                 app_type: str = "sylk", legacy: bool = False) -> str:
+    def applications_ini(self, app_id: str = "com.example.fake.fcm", app_type: str = "sylk",
+                         section: str = "", legacy: bool = False) -> str:
         """An applications.ini section for an application served by this fake."""
         lines = [f"[{section or app_id}]", f"app_id = {app_id}", f"app_type = {app_type}",
                  "app_platform = firebase"]
@@ -781,57 +779,31 @@ def _v1_error(request, code: int, status: str, message: str, error_code: Optiona
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the fake until interrupted, after writing the files a demo configuration needs."""
-    parser = argparse.ArgumentParser(prog="python -m sylkpush.testing.fake_fcm", description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (default: any free port)")
-    parser.add_argument("--dir", required=True, help="directory for the CA certificate, the service-account "
-                                                     "file and the applications.ini sample")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each push is answered")
+    parser = fake_arguments("python -m sylkpush.testing.fake_fcm", __doc__.splitlines()[0], "com.example.fake.fcm",
+                            "the CA certificate, the service-account file and the applications.ini sample")
     parser.add_argument("--project", default="sylk-fake", help="FCM project id")
-    parser.add_argument("--app-id", default="com.example.fake.fcm", help="app_id of the sample section")
     parser.add_argument("--token-lifetime", type=float, default=3600.0, help="access token lifetime, seconds")
     parser.add_argument("--legacy-key", default=None, help="server key accepted by /fcm/send")
-    parser.add_argument("--control-port", type=int, default=None,
-                        help="serve GET /stats and POST /fault/<name> on 127.0.0.1 at this port "
-                             "(0: any free port, printed on the second line)")
-    parser.add_argument("--quiet", action="store_true", help="log warnings only")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
-    os.makedirs(args.dir, exist_ok=True)
-    # as the daemon's lines, which a demo mixes in
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=FORMAT)
-    fake = FakeFCM(reactor, os.path.abspath(args.dir), project=args.project, port=args.port,
-                   delay=args.delay, token_lifetime=args.token_lifetime, legacy_key=args.legacy_key)
+    fake = FakeFCM(reactor, args.dir, host=args.host, port=args.port, delay=args.delay, project=args.project,
+                   token_lifetime=args.token_lifetime, legacy_key=args.legacy_key)
 
-    def started(port: int) -> None:
-        section = fake.applications_ini_section(args.app_id)
-        legacy = fake.applications_ini_section(args.app_id + ".legacy", legacy=True)
+    def details() -> List[str]:
+        section = fake.applications_ini(args.app_id, app_type=args.app_type)
+        legacy = fake.applications_ini(args.app_id + ".legacy", app_type=args.app_type, legacy=True)
         sample = os.path.join(fake.directory, APPLICATIONS_FILE_NAME)
         with open(sample, "w", encoding="utf-8") as stream:
             stream.write(section + "\n" + legacy)
-        print(f"fake FCM listening on {fake.base_url}", flush=True)
-        if args.control_port is not None:
-            from sylkpush.testing.control import listen_control
-            print(f"control port {listen_control(reactor, fake, args.control_port)}", flush=True)
-        print(f"  v1 push URL:      {fake.push_url}", flush=True)
-        print(f"  legacy push URL:  {fake.legacy_url}", flush=True)
-        print(f"  token endpoint:   {fake.token_uri}", flush=True)
-        print(f"  CA certificate:   {fake.ca_file}", flush=True)
-        print(f"  service account:  {fake.service_account_file}", flush=True)
-        print(f"  applications.ini: {sample}", flush=True)
-        if not args.quiet:
-            from sylkpush.testing.control import report_periodically
-            report_periodically(reactor, fake, f"fake FCM {fake.base_url}")
+        return [f"  v1 push URL:      {fake.push_url}",
+                f"  legacy push URL:  {fake.legacy_url}",
+                f"  token endpoint:   {fake.token_uri}",
+                f"  CA certificate:   {fake.ca_file}",
+                f"  service account:  {fake.service_account_file}",
+                f"  applications.ini: {sample}"]
 
-    def final_stats() -> None:
-        # one machine-readable line at exit, for scripts that check deliveries
-        from sylkpush.testing.control import fake_stats
-        print("stats " + json.dumps(fake_stats(fake)), flush=True)
-
-    fake.start().addCallback(started)
-    reactor.addSystemEventTrigger("before", "shutdown", final_stats)
-    reactor.run()
-    return 0
+    return serve_fake(reactor, fake, "fake FCM", args, details)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from h2.settings import SettingCodes, Settings
 from twisted.internet.protocol import Protocol
 
 from sylkpush.pns.http2 import CountingH2Connection
+from sylkpush.transports import ITLSStreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ class H2ServerProtocol(Protocol):
     :meth:`body_received`, :meth:`request_complete` and :meth:`stream_reset`,
     and answer with :meth:`respond`.
     """
+
+    transport: ITLSStreamTransport
 
     def __init__(self, reactor: Any, max_concurrent_streams: int) -> None:
         self.reactor = reactor

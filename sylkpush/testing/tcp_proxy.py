@@ -15,9 +15,13 @@ from typing import Any, List, Optional
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
+from sylkpush.transports import IStreamTransport
+
 
 class _Relay(Protocol):
     """One side of a relayed connection; ``peer`` is the other side."""
+
+    transport: IStreamTransport
 
     def __init__(self, proxy: "TCPProxy") -> None:
         self.proxy = proxy

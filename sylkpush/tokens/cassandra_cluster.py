@@ -237,7 +237,7 @@ def names_by_address(hosts: Tuple[str, ...], port: int) -> Dict[str, Set[str]]:
         except OSError:
             continue  # the driver reports names that do not resolve
         for info in infos:
-            found.setdefault(info[4][0], set()).add(host)
+            found.setdefault(str(info[4][0]), set()).add(host)
     return found
 
 

@@ -39,7 +39,7 @@ class TokensResource(AnsweringResource):
         self.pusher = AccountPusher(store, dispatcher, metrics)
 
     def render(self, request: server.Request) -> Any:
-        path: List[bytes] = list(request.postpath)
+        path: List[bytes] = list(request.postpath or [])
         if path and path[-1] == b"" and len(path) > 1:  # a trailing slash
             path.pop()
         if len(path) == 1 and path[0]:

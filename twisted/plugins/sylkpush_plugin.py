@@ -20,13 +20,13 @@ class SylkPushServiceMaker:
         from twisted.python import usage
 
         from sylkpush.cli import read_settings
-        from sylkpush.config import ConfigFileError
+        from sylkpush.config import ConfigError
         from sylkpush.logs import setup_logging
         from sylkpush.service import DRAIN_TIMEOUT, PushServer
         try:
             settings = read_settings(options["config_dir"], options["ip"], options["port"],
                                      options["debug"] or None)
-        except ConfigFileError as exc:
+        except ConfigError as exc:
             raise usage.UsageError(str(exc))
         parent = getattr(options, "parent", None) or {}
         setup_logging(foreground=bool(parent.get("nodaemon")), debug=settings.debug,

@@ -1,4 +1,4 @@
-"""The configured applications: config, renderers and push client of each.
+"""The live set of configured applications: config, renderers and push client of each.
 
 A registry is built from the parsed applications.ini and is never changed
 afterwards; a reload builds a new one and swaps it in with one assignment.
@@ -12,13 +12,12 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 from twisted.internet.defer import DeferredList, succeed
 
-from sylkpush.config import AppConfig, Settings
-from sylkpush.pns import builtin_client_class
-from sylkpush.pns.base import ConfigError, PushClient
+from sylkpush.applications.renderer_classes import renderer_classes
+from sylkpush.config import AppConfig, ConfigError, Settings
+from sylkpush.pns.base import PushClient
+from sylkpush.pns.client_classes import client_class
 
 log = logging.getLogger(__name__)
-
-BUILTIN_PLATFORMS = ("apple", "firebase")
 
 
 @dataclass
@@ -63,26 +62,16 @@ class AppRegistry:
         return DeferredList(stops, consumeErrors=True) if stops else succeed(None)
 
 
-ClientClassFinder = Callable[[str, Settings], Type[PushClient]]
+#: ``(platform, extra_pns_dir)`` to the client class (see :mod:`sylkpush.pns.client_classes`)
+ClientClassFinder = Callable[[str, str], Type[PushClient]]
+#: ``(app_type, platform, extra_applications_dir)`` to the renderer classes
+#: (see :mod:`sylkpush.applications.renderer_classes`)
 RendererFinder = Callable[[str, str, str], Tuple[Type, Type]]
 
 
-def default_client_class(platform: str, settings: Settings) -> Type[PushClient]:
-    """The client class for ``platform``: built-in, or from extra_pns_dir."""
-    if platform in BUILTIN_PLATFORMS:
-        return builtin_client_class(platform)
-    from sylkpush.plugins import custom_client_class
-    return custom_client_class(platform, settings.path(settings.extra_pns_dir))
-
-
-def default_renderers(app_type: str, platform: str, extra_dir: str) -> Tuple[Type, Type]:
-    from sylkpush.applications.registry import renderer_classes
-    return renderer_classes(app_type, platform, extra_dir)
-
-
 def build_registry(settings: Settings, configs: Iterable[AppConfig], reactor: Any,
-                   find_client: ClientClassFinder = default_client_class,
-                   find_renderers: RendererFinder = default_renderers,
+                   find_client: ClientClassFinder = client_class,
+                   find_renderers: RendererFinder = renderer_classes,
                    previous: Optional[AppRegistry] = None,
                    ) -> Tuple[AppRegistry, List[Tuple[str, str]]]:
     """Make an :class:`Application` of each config (clients not started).
@@ -124,15 +113,15 @@ def _build_application(settings: Settings, config: AppConfig, reactor: Any, find
     headers_class, payload_class = find_renderers(
         config.app_type, config.platform, settings.path(settings.extra_applications_dir))
     try:
-        client_class = find_client(config.platform, settings)
+        found = find_client(config.platform, settings.path(settings.extra_pns_dir))
     except ConfigError as exc:
         # kept, without a client: its callers learn why (503) instead of "not configured"
         return Application(config, headers_class, payload_class, None, str(exc)), str(exc)
     old = previous.get(*config.key) if previous is not None else None
     if (old is not None and old.config == config and old.client is not None
-            and type(old.client) is client_class):
+            and type(old.client) is found):
         return Application(config, headers_class, payload_class, old.client), ""
-    return Application(config, headers_class, payload_class, client_class(config, reactor)), ""
+    return Application(config, headers_class, payload_class, found(config, reactor)), ""
 
 
 def _unexpected(exc: Exception, section: str, what: str) -> str:

@@ -1,10 +1,10 @@
-"""Finding the renderer classes of an application type (SPEC §5, custom applications).
+"""Finding the renderer classes of an application type.
 
 Built-in types live in ``sylkpush.applications.<app_type>``; any other type is
 the module ``<app_type>.py`` in ``extra_applications_dir``.  Either way the
 module defines ``<Platform><Apptype>Headers`` and ``<Platform><Apptype>Payload``
 (``AppleSylkHeaders``, ``FirebaseMyappPayload``).  Anything wrong is a
-:class:`~sylkpush.pns.base.ConfigError` whose message names the module and the
+:class:`~sylkpush.config.ConfigError` whose message names the module and the
 class, so the caller can leave that application out with one clear log line.
 
 Loading a module reads and runs a file: call this while loading the
@@ -13,28 +13,19 @@ configuration, not per request.
 
 from __future__ import annotations
 
-import importlib
-from types import ModuleType
 from typing import Tuple, Type
 
 from sylkpush.applications.base import Renderer
-from sylkpush.plugins import clear_cache, load_extra_module  # noqa: F401 (clear_cache for tests)
-from sylkpush.pns.base import ConfigError
+from sylkpush.config import ConfigError
+from sylkpush.custom_modules import find_module
 
 BUILTIN_TYPES = ("sylk", "linphone")
+
+
 def class_names(app_type: str, platform: str) -> Tuple[str, str]:
     """The names of the headers and payload classes, e.g. ``AppleSylkHeaders``."""
     prefix = platform.capitalize() + app_type.capitalize()
     return prefix + "Headers", prefix + "Payload"
-
-
-def _load_builtin(app_type: str) -> ModuleType:
-    name = f"sylkpush.applications.{app_type}"
-    try:
-        return importlib.import_module(name)
-    except Exception as exc:
-        raise ConfigError(f"application module {name} failed to import: "
-                          f"{type(exc).__name__}: {exc}") from None
 
 
 def renderer_classes(app_type: str, platform: str,
@@ -44,10 +35,7 @@ def renderer_classes(app_type: str, platform: str,
     ``extra_dir`` is the already resolved ``extra_applications_dir``; it is
     only looked at for types that are not built in.
     """
-    if app_type in BUILTIN_TYPES:
-        module = _load_builtin(app_type)
-    else:
-        module = load_extra_module(extra_dir, app_type, "application")
+    module = find_module(app_type, "application", "sylkpush.applications", BUILTIN_TYPES, extra_dir)
     where = getattr(module, "__file__", None) or module.__name__
     classes = []
     for class_name, attribute in zip(class_names(app_type, platform), ("headers", "payload")):
@@ -59,4 +47,3 @@ def renderer_classes(app_type: str, platform: str,
                               f"the sylkpush.applications.base class with .{attribute}")
         classes.append(cls)
     return classes[0], classes[1]
-

@@ -1,22 +1,26 @@
-"""Loading operators' own Python modules: custom applications and push services.
+"""Loading the module of an application type or a push service: built in,
+or an operator's own.
 
 A custom module is a file ``<name>.py`` in a configured directory
 (``extra_applications_dir`` or ``extra_pns_dir``).  Modules are cached by
 path, modification time and size: an edited module is loaded again on the
 next configuration reload, an unchanged one is reused.  Anything wrong is a
-:class:`~sylkpush.pns.base.ConfigError` naming the file, so the caller can
+:class:`~sylkpush.config.ConfigError` naming the file, so the caller can
 leave the applications that need it out with one clear log line.
+:mod:`sylkpush.applications.renderer_classes` and
+:mod:`sylkpush.pns.client_classes` find their classes in these modules.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
 from types import ModuleType
-from typing import Dict, Tuple, Type
+from typing import Dict, Sequence, Tuple
 
-from sylkpush.pns.base import ConfigError, PushClient
+from sylkpush.config import ConfigError
 
 #: prefix of the sys.modules names of the modules loaded from configured directories
 EXTRA_PACKAGE = "sylkpush_extra"
@@ -24,7 +28,18 @@ EXTRA_PACKAGE = "sylkpush_extra"
 _loaded: Dict[str, Tuple[int, int, ModuleType]] = {}
 
 
-def load_extra_module(directory: str, name: str, kind: str) -> ModuleType:
+def find_module(name: str, kind: str, package: str, builtins: Sequence[str], directory: str) -> ModuleType:
+    """``package.name`` when ``name`` is one of ``builtins``, else the custom
+    module ``directory/name.py``; ``kind`` (e.g. ``application``) names it in errors."""
+    if name not in builtins:
+        return load_custom_module(directory, name, kind)
+    try:
+        return importlib.import_module(f"{package}.{name}")
+    except Exception as exc:
+        raise ConfigError(f"{kind} module {package}.{name} failed to import: {type(exc).__name__}: {exc}") from None
+
+
+def load_custom_module(directory: str, name: str, kind: str) -> ModuleType:
     """Import ``directory/name.py``; ``kind`` (e.g. ``application``) names it in errors."""
     if not name.isidentifier():
         raise ConfigError(f"{kind} {name!r} is not a valid module name")
@@ -63,14 +78,3 @@ def clear_cache() -> None:
     _loaded.clear()
     for name in [name for name in sys.modules if name.startswith(EXTRA_PACKAGE + ".")]:
         del sys.modules[name]
-
-
-def custom_client_class(platform: str, directory: str) -> Type[PushClient]:
-    """``<Platform>Client`` from ``directory/<platform>.py``."""
-    module = load_extra_module(directory, platform, "push service")
-    name = f"{platform.capitalize()}Client"
-    found = getattr(module, name, None)
-    if not (isinstance(found, type) and issubclass(found, PushClient)):
-        raise ConfigError(f"push service module {module.__file__} has no class {name} "
-                          f"subclassing sylkpush.pns.base.PushClient")
-    return found

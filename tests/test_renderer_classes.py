@@ -1,4 +1,4 @@
-"""Finding renderer classes: built-in types, custom modules, and broken ones."""
+"""Finding renderer and push-service client classes: built-in, custom modules, and broken ones."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import os
 
 from twisted.trial import unittest
 
-from sylkpush.applications import registry
+from sylkpush import custom_modules
 from sylkpush.applications.base import AppleHeaders, ApplePayload, FirebaseHeaders, FirebasePayload
 from sylkpush.applications.linphone import FirebaseLinphoneHeaders, FirebaseLinphonePayload
+from sylkpush.applications.renderer_classes import renderer_classes
 from sylkpush.applications.sylk import AppleSylkHeaders, AppleSylkPayload
-from sylkpush.config import AppConfig
+from sylkpush.config import AppConfig, ConfigError
 from sylkpush.notification import parse_notification
-from sylkpush.pns.base import ConfigError
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                          "config", "applications")
@@ -32,11 +32,11 @@ VERSION = %d
 """
 
 
-class RegistryTests(unittest.TestCase):
+class RendererClassesTests(unittest.TestCase):
 
     def setUp(self) -> None:
-        registry.clear_cache()
-        self.addCleanup(registry.clear_cache)
+        custom_modules.clear_cache()
+        self.addCleanup(custom_modules.clear_cache)
         self.extra_dir = self.mktemp()
         os.makedirs(self.extra_dir)
 
@@ -46,24 +46,37 @@ class RegistryTests(unittest.TestCase):
             stream.write(text)
         return os.path.abspath(path)
 
+    def test_client_classes(self) -> None:
+        from sylkpush.pns.apple import AppleClient
+        from sylkpush.pns.client_classes import client_class
+        from sylkpush.pns.firebase import FirebaseClient
+        self.assertIs(client_class("apple", self.extra_dir), AppleClient)
+        self.assertIs(client_class("firebase"), FirebaseClient)
+        path = self.write("mypns", "class MypnsClient:\n    pass\n")
+        exc = self.assertRaises(ConfigError, client_class, "mypns", self.extra_dir)
+        self.assertEqual(str(exc), f"push service module {path} has no class MypnsClient subclassing "
+                                   "sylkpush.pns.base.PushClient")
+        exc = self.assertRaises(ConfigError, client_class, "mypns", "")
+        self.assertEqual(str(exc), "push service mypns is not built in and no directory for custom modules is set")
+
     def test_builtins(self) -> None:
-        self.assertEqual(registry.renderer_classes("sylk", "apple"), (AppleSylkHeaders, AppleSylkPayload))
-        self.assertEqual(registry.renderer_classes("linphone", "firebase", self.extra_dir),
+        self.assertEqual(renderer_classes("sylk", "apple"), (AppleSylkHeaders, AppleSylkPayload))
+        self.assertEqual(renderer_classes("linphone", "firebase", self.extra_dir),
                          (FirebaseLinphoneHeaders, FirebaseLinphonePayload))
 
     def test_builtin_wins_over_extra_module(self) -> None:
         self.write("sylk", "raise RuntimeError('must not be loaded')\n")
-        self.assertEqual(registry.renderer_classes("sylk", "apple", self.extra_dir),
+        self.assertEqual(renderer_classes("sylk", "apple", self.extra_dir),
                          (AppleSylkHeaders, AppleSylkPayload))
 
     def test_builtin_platform_without_classes(self) -> None:
-        exc = self.assertRaises(ConfigError, registry.renderer_classes, "sylk", "mypns")
+        exc = self.assertRaises(ConfigError, renderer_classes, "sylk", "mypns")
         self.assertIn("sylk", str(exc))
         self.assertIn("MypnsSylkHeaders", str(exc))
 
     def test_myapp_template(self) -> None:
-        apple_headers, apple_payload = registry.renderer_classes("myapp", "apple", TEMPLATES)
-        firebase_headers, firebase_payload = registry.renderer_classes("myapp", "firebase", TEMPLATES)
+        apple_headers, apple_payload = renderer_classes("myapp", "apple", TEMPLATES)
+        firebase_headers, firebase_payload = renderer_classes("myapp", "firebase", TEMPLATES)
         self.assertEqual([cls.__name__ for cls in (apple_headers, apple_payload,
                                                    firebase_headers, firebase_payload)],
                          ["AppleMyappHeaders", "AppleMyappPayload",
@@ -132,14 +145,14 @@ class RegistryTests(unittest.TestCase):
 
     def test_syntax_error(self) -> None:
         path = self.write("broken", "class AppleBrokenHeaders(:\n    pass\n")
-        exc = self.assertRaises(ConfigError, registry.renderer_classes, "broken", "apple", self.extra_dir)
+        exc = self.assertRaises(ConfigError, renderer_classes, "broken", "apple", self.extra_dir)
         self.assertIn(path, str(exc))
         self.assertIn("SyntaxError", str(exc))
         self.assertIn("failed to import", str(exc))
 
     def test_import_raises(self) -> None:
         path = self.write("needy", "import sylkpush_no_such_module\n")
-        exc = self.assertRaises(ConfigError, registry.renderer_classes, "needy", "apple", self.extra_dir)
+        exc = self.assertRaises(ConfigError, renderer_classes, "needy", "apple", self.extra_dir)
         self.assertIn(path, str(exc))
         self.assertIn("sylkpush_no_such_module", str(exc))
 
@@ -147,7 +160,7 @@ class RegistryTests(unittest.TestCase):
         path = self.write("half", (
             "from sylkpush.applications.base import FirebaseHeaders\n"
             "class FirebaseHalfHeaders(FirebaseHeaders):\n    pass\n"))
-        exc = self.assertRaises(ConfigError, registry.renderer_classes, "half", "firebase", self.extra_dir)
+        exc = self.assertRaises(ConfigError, renderer_classes, "half", "firebase", self.extra_dir)
         self.assertIn(path, str(exc))
         self.assertIn("FirebaseHalfPayload", str(exc))
 
@@ -156,42 +169,42 @@ class RegistryTests(unittest.TestCase):
             "from sylkpush.applications.base import AppleHeaders\n"
             "class ApplePlainHeaders(AppleHeaders):\n    pass\n"
             "class ApplePlainPayload:\n    payload = {}\n"))
-        exc = self.assertRaises(ConfigError, registry.renderer_classes, "plain", "apple", self.extra_dir)
+        exc = self.assertRaises(ConfigError, renderer_classes, "plain", "apple", self.extra_dir)
         self.assertIn(path, str(exc))
         self.assertIn("ApplePlainPayload", str(exc))
 
     def test_missing_module(self) -> None:
-        exc = self.assertRaises(ConfigError, registry.renderer_classes, "ghost", "apple", self.extra_dir)
+        exc = self.assertRaises(ConfigError, renderer_classes, "ghost", "apple", self.extra_dir)
         self.assertIn(os.path.abspath(os.path.join(self.extra_dir, "ghost.py")), str(exc))
-        exc = self.assertRaises(ConfigError, registry.renderer_classes, "ghost", "apple", "")
+        exc = self.assertRaises(ConfigError, renderer_classes, "ghost", "apple", "")
         self.assertIn("ghost", str(exc))
 
     def test_app_type_must_be_a_module_name(self) -> None:
         self.write("evil", GOOD_MODULE % 1)
         for app_type in ("../evil", "a/b", "my-app", ""):
-            exc = self.assertRaises(ConfigError, registry.renderer_classes, app_type, "apple",
+            exc = self.assertRaises(ConfigError, renderer_classes, app_type, "apple",
                                     os.path.join(self.extra_dir, "sub"))
             self.assertIn("not a valid module name", str(exc))
 
     def test_modules_are_cached_until_changed(self) -> None:
         path = self.write("good", GOOD_MODULE % 1)
-        first = registry.renderer_classes("good", "apple", self.extra_dir)
-        self.assertIs(registry.renderer_classes("good", "apple", self.extra_dir)[1], first[1])
+        first = renderer_classes("good", "apple", self.extra_dir)
+        self.assertIs(renderer_classes("good", "apple", self.extra_dir)[1], first[1])
         self.assertEqual(first[1](None, None, 0).payload, {"version": 1})
 
         self.write("good", GOOD_MODULE % 22)
         stat = os.stat(path)
         # a different size is enough, but make the mtime move too
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1000000000))
-        second = registry.renderer_classes("good", "apple", self.extra_dir)
+        second = renderer_classes("good", "apple", self.extra_dir)
         self.assertIsNot(second[1], first[1])
         self.assertEqual(second[1](None, None, 0).payload, {"version": 22})
 
     def test_failed_load_is_not_cached(self) -> None:
         self.write("flaky", "raise RuntimeError('boom')\n")
-        exc = self.assertRaises(ConfigError, registry.renderer_classes, "flaky", "apple", self.extra_dir)
+        exc = self.assertRaises(ConfigError, renderer_classes, "flaky", "apple", self.extra_dir)
         self.assertIn("RuntimeError: boom", str(exc))
         # fixed on disk: the next load succeeds
         self.write("flaky", (GOOD_MODULE % 3).replace("Good", "Flaky"))
-        headers, payload = registry.renderer_classes("flaky", "apple", self.extra_dir)
+        headers, payload = renderer_classes("flaky", "apple", self.extra_dir)
         self.assertEqual(payload.__name__, "AppleFlakyPayload")
