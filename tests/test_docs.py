@@ -181,6 +181,24 @@ class ApiDocTests(unittest.TestCase):
         readme = read("README.md")
         self.assertEqual({state for state in states if f"`{state}`" not in readme}, set())
 
+    def test_the_answer_examples_are_envelopes(self):
+        examples = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", self.text, re.S)]
+        self.assertGreater(len(examples), 2)
+        result = set(self.openapi["components"]["schemas"]["PushResult"]["properties"])
+        for example in examples:
+            self.assertEqual(set(example), {"code", "description", "data"})
+            if "call_id" in example["data"]:
+                self.assertEqual(set(example["data"]), result)
+
+    def test_the_error_example_is_the_validator_s(self):
+        example = json.loads(re.search(r"```json\n(.*?)```", self.text, re.S).group(1))
+        body = {"app-id": "a", "platform": "apple", "token": "t", "call-id": "c", "from": "f", "to": "t",
+                "event": "incoming_session", "media-type": "fax"}
+        with self.assertRaises(ValidationError) as raised:
+            parse_notification(body, "sylk")
+        self.assertEqual((example["description"], example["data"]),
+                         (str(raised.exception), {"field": raised.exception.field}))
+
     def test_every_request_field_is_documented(self):
         fields = self.openapi["paths"]["/push"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         table = sections(self.text, 2)["`POST /push`"]
