@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from twisted.python import usage
 
@@ -93,6 +94,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     return code
 
 
+def note_repeated_stops(reactor: Any) -> None:
+    """Once the server is stopping, a further SIGTERM or SIGINT (systemd and
+    operators repeat them when a drain takes a while) is noted, where
+    Twisted's own handler would stop the stopped reactor and log a traceback."""
+    def again(signum: int, frame: object) -> None:
+        reactor.callFromThread(log.info, "%s: already stopping, finishing the pushes in flight",
+                               signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, again)
+
+
 def serve(settings: Settings, drain_timeout: Optional[float], listening: Optional[socket.socket] = None,
           supervisor: int = 0) -> int:
     """Run the server in this process until it is stopped; its exit code.
@@ -130,6 +143,7 @@ def serve(settings: Settings, drain_timeout: Optional[float], listening: Optiona
             watch_parent(reactor, supervisor)
 
     reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: note_repeated_stops(reactor))
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.run()
     return exit_code[0] if exit_code else 0

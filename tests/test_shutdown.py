@@ -115,6 +115,12 @@ class ShutdownTests(unittest.TestCase):
                 return
             yield task.deferLater(reactor, 0.02, lambda: None)
 
+    @defer.inlineCallbacks
+    def wait_output(self, process, text):
+        """Wait until the server has written ``text``."""
+        while text not in process.output:
+            yield task.deferLater(reactor, 0.02, lambda: None)
+
     def push(self, url, i):
         return post(url + "/push", wakeup(**{"app-id": "com.example.slow", "platform": "mypns",
                                              "token": f"t{i}", "call-id": f"c{i}"}))
@@ -132,6 +138,23 @@ class ShutdownTests(unittest.TestCase):
         self.assertEqual(exit_code, 0, process.output.decode())
         self.assertIn(b"waiting up to 10 s for 10 pushes in flight", process.output)
         self.assertIn(b"Sylk Pushserver stopped", process.output)
+
+    @defer.inlineCallbacks
+    def test_second_sigterm_while_draining_is_noted_not_an_error(self):
+        # systemd and operators send SIGTERM again when a stop takes a while
+        process, transport, url = yield self.start(delay=1.0, drain_timeout=10)
+        calls = [self.push(url, i) for i in range(3)]
+        yield self.in_flight(url, 3)
+        transport.signalProcess("TERM")
+        yield self.wait_output(process, b"waiting up to 10 s")
+        transport.signalProcess("TERM")
+        answers = yield defer.gatherResults(calls)
+        self.assertEqual([code for code, _, _ in answers], [200] * 3)
+        exit_code = yield process.ended
+        self.assertEqual(exit_code, 0, process.output.decode())
+        self.assertIn(b"already stopping", process.output)
+        self.assertNotIn(b"ReactorNotRunning", process.output)
+        self.assertNotIn(b"CRITICAL", process.output)
 
     @defer.inlineCallbacks
     def test_drain_deadline_answers_504_for_pushes_handed_over(self):
