@@ -214,6 +214,14 @@ def rebuild_registry(built: Tuple[AppRegistry, List[Tuple[str, str]]], problems:
     return Rebuild(registry, added, retired, problems, kept)
 
 
+def problem_states(problems: Iterable[Tuple[str, str]], kept: Iterable[str] = ()) -> Dict[str, Dict[str, str]]:
+    """What ``/health`` shows of the sections with a problem: ``disabled``
+    (left out) or ``previous-settings`` (one of ``kept``), and the reason."""
+    kept = set(kept)
+    return {section: {"state": "previous-settings" if section in kept else "disabled", "reason": reason}
+            for section, reason in problems}
+
+
 def log_problems(problems: Iterable[Tuple[str, str]], kept: Iterable[str] = ()) -> None:
     """One line per section with a problem, naming it and the reason: an
     ERROR for an application left out, a WARNING for one of ``kept``, whose

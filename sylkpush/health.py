@@ -62,11 +62,13 @@ class HealthResource(JsonResource):
 
     def __init__(self, registry: Callable[[], AppRegistry],
                  storage: Optional[Callable[[], Dict[str, Any]]] = None,
-                 expiry: Optional[ExpiryWatch] = None) -> None:
+                 expiry: Optional[ExpiryWatch] = None,
+                 problems: Optional[Callable[[], Dict[str, Dict[str, str]]]] = None) -> None:
         super().__init__()
         self.registry = registry
         self.storage = storage
         self.expiry = expiry
+        self.problems = problems
 
     def render_GET(self, request: server.Request) -> bytes:
         applications = health(self.registry(), self.expiry)
@@ -74,12 +76,18 @@ class HealthResource(JsonResource):
         data = dict(applications)
         if self.storage is not None:
             data["token-storage"] = self.storage()
-        extra = {"server": self.expiry.server_status()} if self.expiry is not None else None
+        extra: Dict[str, Any] = {}
+        if self.expiry is not None:
+            extra["server"] = self.expiry.server_status()
+        if self.problems is not None:
+            # sections of applications.ini left out (or kept on their previous
+            # settings) are not in data: without this only the log names them
+            extra["problems"] = self.problems()
         if not applications:
-            return write_json(request, 503, "no application is configured", _jsonable(data), extra)
+            return write_json(request, 503, "no application is configured", _jsonable(data), extra or None)
         if not up:
-            return write_json(request, 503, "no application can deliver", _jsonable(data), extra)
-        return write_json(request, 200, f"{up} of {len(applications)} applications up", _jsonable(data), extra)
+            return write_json(request, 503, "no application can deliver", _jsonable(data), extra or None)
+        return write_json(request, 200, f"{up} of {len(applications)} applications up", _jsonable(data), extra or None)
 
 
 def _jsonable(data: Dict[str, Any]) -> Dict[str, Any]:

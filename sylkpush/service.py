@@ -8,7 +8,7 @@ import resource
 import signal
 import socket
 from collections import Counter
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from twisted.application import service
 from twisted.internet import defer, ssl
@@ -27,8 +27,8 @@ from sylkpush.health import HealthResource
 from sylkpush.metrics import Metrics, MetricsResource
 from sylkpush.pns.base import UNANSWERED_AT_SHUTDOWN, PushClient
 from sylkpush.pns.client_classes import client_class
-from sylkpush.app_registry import (AppRegistry, ClientClassFinder, build_registry, log_problems, rebuild_registry,
-                                   start_clients)
+from sylkpush.app_registry import (AppRegistry, ClientClassFinder, build_registry, log_problems, problem_states,
+                                   rebuild_registry, start_clients)
 from sylkpush.reload import POLL_INTERVAL, FileWatcher
 from sylkpush.remote_log import RemoteLogger
 from sylkpush.tokens import make_store
@@ -178,8 +178,10 @@ class PushServer(service.Service):
                                               lambda: self.settings.return_async,
                                               TokenMetrics(self.metrics.registry, self.metrics.summed,
                                                            self.tokens.status))
+        #: sections of applications.ini with a problem, as /health shows them
+        self.problems: Dict[str, Dict[str, str]] = {}
         self.site.resource.putChild(b"health", HealthResource(lambda: self.registry, self.tokens.status,
-                                                                 self.expiry))
+                                                                 self.expiry, lambda: self.problems))
         self.site.resource.putChild(b"metrics", MetricsResource(self.metrics))
         self.metrics.registry.register(self.expiry)
         self.watcher = FileWatcher(settings.path(settings.applications_file), self.reload, reactor,
@@ -200,6 +202,7 @@ class PushServer(service.Service):
         registry, more = build_registry(self.settings, configs, self.reactor, self.find_client)
         registry, failed = start_clients(registry)
         log_problems(problems + more + failed)
+        self.problems = problem_states(problems + more + failed)
         return registry
 
     def startService(self) -> None:
@@ -314,6 +317,7 @@ class PushServer(service.Service):
             return False
         rebuild = rebuild_registry(built, problems, previous)
         log_problems(rebuild.problems, rebuild.kept)
+        self.problems = problem_states(rebuild.problems, rebuild.kept)
         # one assignment: a request sees either the old or the new registry, whole
         self.registry = rebuild.registry
         self.reloads += 1

@@ -52,10 +52,21 @@ class RealClientsTests(unittest.TestCase):
         self.assertFalse(self.logs.matching("Traceback"))
 
     @defer.inlineCallbacks
+    def assert_in_health(self, url):
+        """/health names the sections left out and why, not only the log."""
+        _, body, _ = yield post(url + "/health", None, method="GET")
+        problems = body["problems"]
+        self.assertEqual(sorted(problems), ["apple-empty-label", "fcm-non-ascii"])
+        self.assertEqual(problems["fcm-non-ascii"]["state"], "disabled")
+        self.assertRegex(problems["fcm-non-ascii"]["reason"], r"firebase_push_url must be an http\(s\) URL")
+        self.assertRegex(problems["apple-empty-label"]["reason"], r"apple_push_url must be host or host:port")
+
+    @defer.inlineCallbacks
     def test_at_start(self):
         server, url, _ = start_ops_server(self, self.good + self.bad, find_client=None)
         self.assertEqual([app.config.section for app in server.registry], ["good"])
         self.assert_reported()
+        yield self.assert_in_health(url)
         code, body, _ = yield post(url + "/push", wakeup(app_id="com.example.good", token=TOKEN))
         self.assertEqual(code, 200, body)
 
@@ -67,6 +78,7 @@ class RealClientsTests(unittest.TestCase):
         applied = yield server.reload()
         self.assertTrue(applied)
         self.assert_reported()
+        yield self.assert_in_health(url)
         for app_id in ("com.example.good", "com.example.added"):
             code, body, _ = yield post(url + "/push", wakeup(app_id=app_id, token=TOKEN))
             self.assertEqual(code, 200, body)
@@ -103,6 +115,16 @@ class AnyFailureTests(unittest.TestCase):
 
     def assert_serving(self, url, *names):
         return defer.gatherResults([post(url + "/push", wakeup(app_id=f"com.example.{name}")) for name in names])
+
+    @defer.inlineCallbacks
+    def assert_in_health(self, url):
+        """/health names the sections left out and why, not only the log."""
+        _, body, _ = yield post(url + "/health", None, method="GET")
+        problems = body["problems"]
+        self.assertEqual(sorted(problems), ["apple-empty-label", "fcm-non-ascii"])
+        self.assertEqual(problems["fcm-non-ascii"]["state"], "disabled")
+        self.assertRegex(problems["fcm-non-ascii"]["reason"], r"firebase_push_url must be an http\(s\) URL")
+        self.assertRegex(problems["apple-empty-label"]["reason"], r"apple_push_url must be host or host:port")
 
     @defer.inlineCallbacks
     def test_at_start(self):
