@@ -331,9 +331,12 @@ class PushServer(service.Service):
             self._retiring_clients.append(client)
             stopping.addBoth(self._retired, stopping, client)
         unchanged = len(rebuild.registry) - len(rebuild.added)
-        log.info("applications reloaded: %d active (%d started, %d unchanged), %d retired, %d with problems",
+        added = {id(client) for client in rebuild.added}
+        started = sorted(app.config.section for app in rebuild.registry if id(app.client) in added)
+        log.info("applications reloaded: %d active (%d started, %d unchanged), %d retired, %d with problems%s",
                  len(rebuild.registry), len(rebuild.added), unchanged, len(rebuild.retired),
-                 len(rebuild.problems))
+                 len(rebuild.problems), f"; started (new or changed settings or files): {', '.join(started)}"
+                 if started else "")
         return True
 
     def _answer_unfinished(self) -> None:

@@ -261,7 +261,7 @@ class ReplacedFileTests(unittest.TestCase):
 
     def setUp(self):
         DelayedClient.instances = []
-        capture_logs(self)
+        self.logs = capture_logs(self)
 
     def section(self, directory, **files):
         for name, content in files.items():
@@ -287,6 +287,9 @@ class ReplacedFileTests(unittest.TestCase):
             self.assertTrue(client.started)
             self.assertTrue(first.stopping)
             first = client
+        # the operator reads which application the reload rebuilt
+        self.assertEqual(len(self.logs.matching("1 started, 0 unchanged), 1 retired, 0 with problems; "
+                                                "started (new or changed settings or files): sylk-ios")), 2)
 
     @defer.inlineCallbacks
     def test_the_same_contents_keep_the_client(self):
