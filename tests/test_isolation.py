@@ -117,16 +117,6 @@ class AnyFailureTests(unittest.TestCase):
         return defer.gatherResults([post(url + "/push", wakeup(app_id=f"com.example.{name}")) for name in names])
 
     @defer.inlineCallbacks
-    def assert_in_health(self, url):
-        """/health names the sections left out and why, not only the log."""
-        _, body, _ = yield post(url + "/health", None, method="GET")
-        problems = body["problems"]
-        self.assertEqual(sorted(problems), ["apple-empty-label", "fcm-non-ascii"])
-        self.assertEqual(problems["fcm-non-ascii"]["state"], "disabled")
-        self.assertRegex(problems["fcm-non-ascii"]["reason"], r"firebase_push_url must be an http\(s\) URL")
-        self.assertRegex(problems["apple-empty-label"]["reason"], r"apple_push_url must be host or host:port")
-
-    @defer.inlineCallbacks
     def test_at_start(self):
         server, url, _ = start_ops_server(self, SYLK_APPLE + section("init", "init") + section("start", "start")
                                           + section("fine"), find_client=buggy_client_class)
