@@ -140,7 +140,7 @@ class DeliveryClient(PushClient, Generic[P]):
 
     def prepare(self, push: OutgoingPush) -> Union[P, PushResult]:
         """The PendingPush of ``push``, or a PushResult when it must not be sent."""
-        # a transport whose attempts need more than a PendingPush makes them itself
+        # P is PendingPush itself unless a subclass makes its own kind (Apple, Firebase)
         return cast(P, PendingPush(push, self, self.push_url(push)))
 
     def open(self) -> None:
