@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -92,8 +92,8 @@ class RemoteLogger:
     def _post(self, url: str, body: bytes, request_id: str, timeout: float, key: str) -> None:
         self.in_flight += 1
         try:
-            posting = self.http.post(url, data=body, timeout=timeout,
-                                     headers={b"content-type": [b"application/json"]})
+            headers: Dict[Union[bytes, str], List[Union[bytes, str]]] = {b"content-type": [b"application/json"]}
+            posting = self.http.post(url, data=body, timeout=timeout, headers=headers)
         except Exception as exc:  # a malformed URL fails here, synchronously
             self.in_flight -= 1
             self.failed += 1

@@ -127,14 +127,16 @@ def write_json(request: server.Request, code: int, description: str,
     return envelope(code, description, data, extra)
 
 
-_date = [0, b""]
+#: the second and its HTTP date, last formatted
+_date: Tuple[int, bytes] = (0, b"")
 
 
 def http_date() -> bytes:
     """The HTTP date of now, formatted once a second."""
+    global _date
     now = int(time.time())
     if now != _date[0]:
-        _date[0], _date[1] = now, http.datetimeToString(now)
+        _date = (now, http.datetimeToString(now))
     return _date[1]
 
 
@@ -147,6 +149,8 @@ class ApiRequest(server.Request):
     body_too_large = False
     #: the first bytes of a body over the limit, to find its call-id
     head = b""
+    #: the body, in memory (see gotLength)
+    content: BytesIO  # type: ignore[assignment]  # Twisted declares Request.content as None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -186,7 +190,7 @@ class ApiRequest(server.Request):
         """twisted.web's, less its per-request costs we do not need: the Date
         header is formatted once a second, no Server header (it named
         Twisted's version), and no content encoders (the API has none)."""
-        self.site = self.channel.site
+        self.site = self.channel.site  # type: ignore[attr-defined]  # set by Site, undeclared in Twisted
         self.setHeader(b"date", http_date())
         self.prepath = []
         self.postpath = list(map(unquote, self.path[1:].split(b"/")))
@@ -306,7 +310,7 @@ class AnsweringResource(JsonResource):
         if getattr(request, "body_too_large", False):
             raise ApiError(413, f"request body is larger than {MAX_BODY} bytes",
                            call_id=sniff_call_id(getattr(request, "head", b"")))
-        raw = request.content.read()
+        raw = request.content.read()  # type: ignore[attr-defined]  # Twisted declares it None
         request.content = None  # read: not held while the push waits for its answer
         try:
             return decode_json(raw)
@@ -397,7 +401,7 @@ class Root(resource.Resource):
                 log.info("refused request from %s to /%s: 401 no valid API key", client_address(request),
                          path.decode("ascii", "replace"))
                 return Unauthorized()
-            request.api_key_name = name
+            setattr(request, "api_key_name", name)  # for the log lines: see caller()
         if path == b"" and not request.postpath:
             return self.welcome
         child = self.children.get(path)
@@ -415,7 +419,7 @@ class ApiSite(server.Site):
 
     access_log = logging.getLogger(__name__ + ".access")
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         if self.access_log.isEnabledFor(logging.DEBUG):
             stamp = self._logDateTime or http.datetimeToLogString()
             self.access_log.debug("%s", self._logFormatter(stamp, request).rstrip())

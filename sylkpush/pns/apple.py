@@ -133,7 +133,7 @@ class _ApplePending(H2Pending):
         self.auth_retried = False
 
 
-class AppleClient(H2PoolClient):
+class AppleClient(H2PoolClient[_ApplePending]):
     """Sends the pushes of one Apple application over a pool of HTTP/2 connections.
 
     ``AppleClient(app, reactor, queue_limit=10000, connections=None)``;

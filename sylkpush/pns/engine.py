@@ -38,15 +38,16 @@ from __future__ import annotations
 import email.utils
 import logging
 from collections import Counter
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Generic, List, Optional, Union, cast
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 from sylkpush.expiry import utc_text
 from sylkpush.pns.base import OutgoingPush, PushClient, PushResult, unanswered, unavailable
-from sylkpush.pns.pending import (DEFAULT_QUEUE_LIMIT, HANDED_OVER, IN_FLIGHT, NEW, QUEUED, RETRYING, PendingPush,
-                                  PendingQueue, backoff_delay)
+from sylkpush.pns.pending import (DEFAULT_QUEUE_LIMIT, HANDED_OVER, IN_FLIGHT, NEW, QUEUED, RETRYING, P,
+                                  PendingPush, PendingQueue, backoff_delay)
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,13 @@ def parse_retry_after(value: Optional[Union[bytes, str]], now: float) -> Optiona
     return max(0.0, float(email.utils.mktime_tz(parsed)) - now)
 
 
-class DeliveryClient(PushClient):
+class DeliveryClient(PushClient, Generic[P]):
     """A push-service client built on the delivery engine.
 
     ``DeliveryClient(app, reactor, clock=None, queue_limit=10000)``: the
     network runs on ``reactor``; deadlines, retries and the stop timeout on
     ``clock`` (default: the reactor), so tests can drive them with a Clock.
+    ``P`` is the kind of PendingPush its :meth:`prepare` makes.
     """
 
     enforces_deadlines = True
@@ -99,11 +101,11 @@ class DeliveryClient(PushClient):
         super().__init__(app, reactor)
         self.clock = clock if clock is not None else reactor
         self.queue_limit = queue_limit
-        self.queue = PendingQueue()
+        self.queue: PendingQueue[P] = PendingQueue()
         #: pushes with an attempt under way -> when it started (reactor time)
-        self.in_flight: Dict[PendingPush, float] = {}
+        self.in_flight: Dict[P, float] = {}
         #: pushes waiting to be tried again -> their timer
-        self.retrying: Dict[PendingPush, Any] = {}
+        self.retrying: Dict[P, Any] = {}
         #: pushes accepted and not answered: what the bound limits
         self.active = 0
         self.started = False
@@ -136,9 +138,10 @@ class DeliveryClient(PushClient):
         """The URL reported with ``push``'s result."""
         raise NotImplementedError
 
-    def prepare(self, push: OutgoingPush) -> Union[PendingPush, PushResult]:
+    def prepare(self, push: OutgoingPush) -> Union[P, PushResult]:
         """The PendingPush of ``push``, or a PushResult when it must not be sent."""
-        return PendingPush(push, self, self.push_url(push))
+        # P is PendingPush itself unless a subclass makes its own kind (Apple, Firebase)
+        return cast(P, PendingPush(push, self, self.push_url(push)))
 
     def open(self) -> None:
         """Called by :meth:`start`: open connections, fetch tokens."""
@@ -147,18 +150,18 @@ class DeliveryClient(PushClient):
         """How many attempts may start now."""
         raise NotImplementedError
 
-    def attempt(self, pending: PendingPush) -> None:
+    def attempt(self, pending: P) -> None:
         """Start one attempt of ``pending``; report its end with one of the outcome methods."""
         raise NotImplementedError
 
     def flush(self) -> None:
         """Called after a batch of attempts (write them in one go)."""
 
-    def abandon_attempt(self, pending: PendingPush) -> None:
+    def abandon_attempt(self, pending: P) -> None:
         """The engine is done with ``pending``'s attempt (deadline, attempt
         timeout): free what it holds if that is possible."""
 
-    def waiting_reason(self, pending: PendingPush) -> str:
+    def waiting_reason(self, pending: P) -> str:
         """Why ``pending`` is still unanswered, for the 503 at its deadline."""
         if pending.state is IN_FLIGHT:
             return f"no answer from {self.peer}"
@@ -175,25 +178,25 @@ class DeliveryClient(PushClient):
 
     # -- outcomes of an attempt, reported by the transport ---------------------
 
-    def finish(self, pending: PendingPush, result: PushResult) -> None:
+    def finish(self, pending: P, result: PushResult) -> None:
         """The push service answered: ``result`` is the caller's."""
         pending.answer(result)
 
-    def retry(self, pending: PendingPush, reason: str, delay: Optional[float] = None,
+    def retry(self, pending: P, reason: str, delay: Optional[float] = None,
               retry_after: Optional[float] = None) -> None:
         """The push service answered with a passing failure: try again after
         ``retry_after`` (the service's wish), else ``delay``, else the backoff."""
         told = retry_after is not None
         self._again(pending, reason, retry_after if told else delay, told)
 
-    def not_processed(self, pending: PendingPush, reason: str, backoff: bool = False) -> None:
+    def not_processed(self, pending: P, reason: str, backoff: bool = False) -> None:
         """The push service never processed this attempt.  Sent again at once
         (the attempt does not count) or, with ``backoff``, after a backoff."""
         if not backoff:
             pending.attempts -= 1
         self._again(pending, reason, None if backoff else 0.0, failed=backoff)
 
-    def unknown(self, pending: PendingPush, reason: str, backoff: bool = False) -> None:
+    def unknown(self, pending: P, reason: str, backoff: bool = False) -> None:
         """Written and never answered: it may have been delivered.  Sent again
         at once (elsewhere) or, with ``backoff``, after a backoff."""
         if pending.state is IN_FLIGHT:
@@ -249,10 +252,10 @@ class DeliveryClient(PushClient):
             self.queued(pending)
         return pending.deferred
 
-    def queued(self, pending: PendingPush) -> None:
+    def queued(self, pending: P) -> None:
         """``pending`` waits in the queue (a transport may hurry a reconnect)."""
 
-    def take_waiting(self) -> List[PendingPush]:
+    def take_waiting(self) -> List[P]:
         """The pushes waiting here (queued, or to be tried again), oldest
         deadline first among the latter, handed to the client that replaces
         this one."""
@@ -320,7 +323,7 @@ class DeliveryClient(PushClient):
 
     # -- what PendingPush calls ------------------------------------------------
 
-    def settled(self, pending: PendingPush, state: str, result: PushResult) -> None:
+    def settled(self, pending: P, state: str, result: PushResult) -> None:
         """``pending``, last seen in ``state``, is being answered ``result``."""
         if state is QUEUED:
             self.queue.discard(pending)
@@ -346,7 +349,7 @@ class DeliveryClient(PushClient):
         if self.stopping:
             self._check_stopped()
 
-    def expired(self, pending: PendingPush) -> None:
+    def expired(self, pending: P) -> None:
         """``pending``'s deadline passed unanswered: 503, whatever its attempt does next."""
         in_flight = pending.state is IN_FLIGHT
         reason = pending.last_failure or self.waiting_reason(pending)
@@ -382,7 +385,7 @@ class DeliveryClient(PushClient):
         finally:
             self._pumping = False
 
-    def _attempt(self, pending: PendingPush) -> None:
+    def _attempt(self, pending: P) -> None:
         pending.attempts += 1
         pending.state = IN_FLIGHT
         pending.written = False
@@ -393,7 +396,7 @@ class DeliveryClient(PushClient):
             log.exception("%s: the %s client failed to send", pending.push.request_id, self.name)
             pending.answer(PushResult(500, f"internal error in the {self.name} client", pending.url))
 
-    def _again(self, pending: PendingPush, reason: str, delay: Optional[float], told: bool = False,
+    def _again(self, pending: P, reason: str, delay: Optional[float], told: bool = False,
                failed: bool = True) -> None:
         """The attempt of ``pending`` ended without a final answer (``failed``
         False: through no fault of the push service, it does not count)."""
@@ -439,12 +442,12 @@ class DeliveryClient(PushClient):
                      self.consecutive_failures)
         self.consecutive_failures = 0
 
-    def _retry_now(self, pending: PendingPush) -> None:
+    def _retry_now(self, pending: P) -> None:
         del self.retrying[pending]
         self.queue.put_front(pending)
         self.pump()
 
-    def _answer_unfinished(self, pending: PendingPush, event: str) -> int:
+    def _answer_unfinished(self, pending: P, event: str) -> int:
         """503 when no attempt of ``pending`` reached the push service, else 504."""
         if pending.unanswered_write:
             result = unanswered(f"sent, no answer from the push service before {event}", pending.url)
@@ -481,9 +484,14 @@ class DeliveryClient(PushClient):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         closed = maybeDeferred(self.close)
-        closed.addErrback(lambda failure: log.error("closing the %s client of %s failed: %s", self.name,
-                                                    self.app.app_id, failure.getTraceback()))
-        closed.addBoth(lambda _: self._stopped.callback(None))
+        closed.addErrback(self._close_failed)
+        closed.addBoth(self._close_finished, self._stopped)
+
+    def _close_failed(self, failure: Failure) -> None:
+        log.error("closing the %s client of %s failed: %s", self.name, self.app.app_id, failure.getTraceback())
+
+    def _close_finished(self, _: object, stopped: "Deferred[None]") -> None:
+        stopped.callback(None)
 
 
 def _when(moment: Optional[float]) -> Optional[str]:

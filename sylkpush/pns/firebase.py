@@ -33,7 +33,7 @@ from sylkpush.pns.base import OutgoingPush, PushResult, headers_text
 from sylkpush.pns.engine import parse_retry_after
 from sylkpush.pns.google_oauth import AccessTokenSource, TokenError, load_service_account
 from sylkpush.pns.h2pool import H2Pending, H2PoolClient, Request, pool_size_of
-from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, IN_FLIGHT, PendingPush
+from sylkpush.pns.pending import DEFAULT_QUEUE_LIMIT, IN_FLIGHT
 from sylkpush.pns.tls import client_tls_options
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def _about_token(error: Dict[str, Any]) -> bool:
     return False
 
 
-class FirebaseClient(H2PoolClient):
+class FirebaseClient(H2PoolClient[_FirebasePending]):
     """Sends pushes for one Firebase application.
 
     ``FirebaseClient(app, reactor)``: ``app`` is an AppConfig; ``clock``
@@ -220,7 +220,7 @@ class FirebaseClient(H2PoolClient):
     def push_url(self, push: OutgoingPush) -> str:
         return self.url
 
-    def prepare(self, push: OutgoingPush) -> Union[PendingPush, PushResult]:
+    def prepare(self, push: OutgoingPush) -> Union[_FirebasePending, PushResult]:
         headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority), (":path", self.path),
                    ("content-type", "application/json; charset=UTF-8")]
         headers.extend((name, str(value)) for name, value in

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
@@ -78,8 +78,9 @@ def _where(address: Any) -> str:
 class H2Pending(PendingPush):
     """A push that is also the handler of its attempt's stream."""
 
-    #: the pool slot whose connection carries the current attempt
-    slot: Optional["_Slot"] = None
+    #: the pool slot whose connection carries the current attempt (set
+    #: when it is written: before that no stream can answer)
+    slot: "_Slot"
     #: the connection and stream id of the current attempt
     protocol: Optional[H2ClientProtocol] = None
     stream_id = 0
@@ -89,6 +90,10 @@ class H2Pending(PendingPush):
 
     def failed(self, kind: str, reason: str) -> None:
         self.owner.stream_failed(self, kind, reason)
+
+
+#: the kind of H2Pending a pool client makes
+H2P = TypeVar("H2P", bound=H2Pending)
 
 
 class _Slot:
@@ -177,7 +182,7 @@ class _Addresses:
             self.done.errback(DNSLookupError(self.host))
 
 
-class H2PoolClient(DeliveryClient):
+class H2PoolClient(DeliveryClient[H2P]):
     """Sends the pushes of one application over a pool of HTTP/2 connections.
 
     ``H2PoolClient(app, reactor, host, port, tls, pool_size, clock=None,
@@ -224,11 +229,11 @@ class H2PoolClient(DeliveryClient):
 
     # -- what a subclass provides ------------------------------------------------
 
-    def request(self, pending: H2Pending) -> Request:
+    def request(self, pending: H2P) -> Request:
         """The headers and body of ``pending``'s attempt (credentials included)."""
         raise NotImplementedError
 
-    def answered(self, pending: H2Pending, status: int, headers: Dict[str, str], body: bytes) -> None:
+    def answered(self, pending: H2P, status: int, headers: Dict[str, str], body: bytes) -> None:
         """The service answered ``pending``'s attempt: report the outcome to the engine."""
         raise NotImplementedError
 
@@ -251,14 +256,14 @@ class H2PoolClient(DeliveryClient):
             room += protocol.available_streams()
         return room
 
-    def attempt(self, pending: PendingPush) -> None:
+    def attempt(self, pending: H2P) -> None:
         protocol = self._free_connection()
         if protocol is None:
             self.not_processed(pending, f"no connection to {self.authority} has a free stream")
             return
         self.send_on(protocol, pending, *self.request(pending))
 
-    def send_on(self, protocol: H2ClientProtocol, pending: H2Pending, headers: List[Tuple[str, str]],
+    def send_on(self, protocol: H2ClientProtocol, pending: H2P, headers: List[Tuple[str, str]],
                 body: bytes) -> None:
         """Write ``pending``'s attempt on ``protocol`` (one with a free stream)."""
         pending.slot = protocol.listener
@@ -281,14 +286,14 @@ class H2PoolClient(DeliveryClient):
         for protocol in self.ready:
             protocol.flush()
 
-    def abandon_attempt(self, pending: PendingPush) -> None:
+    def abandon_attempt(self, pending: H2P) -> None:
         """The engine gave up on the attempt: its stream is reset and forgotten."""
-        protocol = getattr(pending, "protocol", None)
+        protocol = pending.protocol
         if protocol is not None and pending.stream_id:
             protocol.cancel(pending.stream_id)
             protocol.flush()
 
-    def queued(self, pending: PendingPush) -> None:
+    def queued(self, pending: H2P) -> None:
         """A push waits while no connection is up: an attempt comes before its deadline."""
         if self.ready:
             return
@@ -300,7 +305,7 @@ class H2PoolClient(DeliveryClient):
                 if wanted < left:
                     timer.reset(wanted)
 
-    def waiting_reason(self, pending: PendingPush) -> str:
+    def waiting_reason(self, pending: H2P) -> str:
         if pending.state is IN_FLIGHT:
             return f"no answer from {self.authority}"
         if self.ready:
@@ -323,12 +328,12 @@ class H2PoolClient(DeliveryClient):
 
     # -- outcomes of a stream ------------------------------------------------------
 
-    def stream_answered(self, pending: H2Pending, status: int, headers: Dict[str, str], body: bytes) -> None:
+    def stream_answered(self, pending: H2P, status: int, headers: Dict[str, str], body: bytes) -> None:
         pending.slot.failures = 0  # an answer: this connection works
         pending.protocol = None
         self.answered(pending, status, headers, body)
 
-    def stream_failed(self, pending: H2Pending, kind: str, reason: str) -> None:
+    def stream_failed(self, pending: H2P, kind: str, reason: str) -> None:
         pending.protocol = None
         if kind == REFUSED:  # the server is busy: it gets a backoff, and the try counts
             self.not_processed(pending, reason, backoff=True)

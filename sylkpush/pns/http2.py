@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -174,29 +174,30 @@ class CountingH2Connection(H2Connection):
 
     CULL_EVERY = 512
 
-    def __init__(self, config: H2Configuration, count: Any) -> None:
+    def __init__(self, config: H2Configuration, count: Callable[[], int]) -> None:
         super().__init__(config=config)
         self._count = count
         self._opened = 0
 
-    def _counted(self, real: Any) -> int:
+    def _cull_now(self) -> bool:
+        """True once in CULL_EVERY calls: then h2 counts (and forgets closed streams)."""
         self._opened += 1
         if self._opened >= self.CULL_EVERY:
             self._opened = 0
-            return real.fget(self)
-        return self._count()
+            return True
+        return False
 
     @property
     def open_outbound_streams(self) -> int:
-        if self.config.client_side:
-            return self._counted(H2Connection.open_outbound_streams)
-        return H2Connection.open_outbound_streams.fget(self)
+        if self.config.client_side and not self._cull_now():
+            return self._count()
+        return super().open_outbound_streams
 
     @property
     def open_inbound_streams(self) -> int:
-        if not self.config.client_side:
-            return self._counted(H2Connection.open_inbound_streams)
-        return H2Connection.open_inbound_streams.fget(self)
+        if not self.config.client_side and not self._cull_now():
+            return self._count()
+        return super().open_inbound_streams
 
     def _receive_goaway_frame(self, frame: Any) -> Tuple[list, list]:
         # h2 closes the whole connection state on GOAWAY and then refuses the
@@ -238,7 +239,16 @@ class H2ClientProtocol(Protocol):
         self.ping_timeout = ping_timeout
         self.answer_timeout = answer_timeout
         self.max_streams = max_streams
-        self.conn: Optional[CountingH2Connection] = None
+        # our headers are built lowercase and clean; h2's re-checking of every
+        # outgoing header costs more than sending it.  Of an answer only
+        # :status and a few headers are read, each parsed defensively: h2's
+        # checks of every incoming header are not needed either.
+        config = H2Configuration(client_side=True, header_encoding="utf-8",
+                                 validate_outbound_headers=False, normalize_outbound_headers=False,
+                                 validate_inbound_headers=False)
+        #: the HTTP/2 state; it says its first words in connectionMade
+        self.conn = CountingH2Connection(config, lambda: len(self._streams))
+        self.conn.encoder = LiteralEncoder()
         self.ready = False
         self.closing = False
         self.lost = False
@@ -258,15 +268,6 @@ class H2ClientProtocol(Protocol):
     # -- Twisted callbacks ---------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
-        # our headers are built lowercase and clean; h2's re-checking of every
-        # outgoing header costs more than sending it.  Of an answer only
-        # :status and a few headers are read, each parsed defensively: h2's
-        # checks of every incoming header are not needed either.
-        config = H2Configuration(client_side=True, header_encoding="utf-8",
-                                 validate_outbound_headers=False, normalize_outbound_headers=False,
-                                 validate_inbound_headers=False)
-        self.conn = CountingH2Connection(config, lambda: len(self._streams))
-        self.conn.encoder = LiteralEncoder()
         self.conn.initiate_connection()
         self.conn.update_settings({SettingCodes.ENABLE_PUSH: 0})
         self._last_received = self.reactor.seconds()
@@ -279,7 +280,7 @@ class H2ClientProtocol(Protocol):
             self.abort(f"the server did not negotiate HTTP/2 with ALPN (got {protocol!r})")
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
-        if self.conn is None or self.closing and not self._streams:
+        if self.closing and not self._streams:
             return
         self._last_received = self.reactor.seconds()
         try:
@@ -297,7 +298,7 @@ class H2ClientProtocol(Protocol):
             if not self.closing:
                 self.listener.streams_available(self)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:  # noqa: N802
         self.lost = True
         self._cancel_timers()
         if not self.closing:
@@ -327,7 +328,6 @@ class H2ClientProtocol(Protocol):
         The caller checks :meth:`available_streams` first and calls
         :meth:`flush` after a batch of requests.
         """
-        assert self.conn is not None
         try:
             stream_id = self.conn.get_next_available_stream_id()
             self.conn.send_headers(stream_id, headers, end_stream=not body)
@@ -370,7 +370,7 @@ class H2ClientProtocol(Protocol):
 
     def flush(self) -> None:
         """Write what h2 has queued, in one go."""
-        if self.conn is None or self.transport is None:
+        if self.transport is None:  # not connected yet
             return
         data = self.conn.data_to_send()
         if data:
@@ -378,7 +378,7 @@ class H2ClientProtocol(Protocol):
 
     def close(self, reason: str = "closed by the client") -> None:
         """Say GOAWAY (unless closing already) and close; streams still open are reported LOST."""
-        if self.conn is None or self.lost:
+        if not self.connected or self.lost:
             return
         if not self.closing:
             self.closing = True
@@ -417,7 +417,8 @@ class H2ClientProtocol(Protocol):
         stream = self._streams.get(event.stream_id)
         if stream is None:
             return
-        headers = dict(event.headers)
+        # h2 declares headers as bytes; header_encoding makes them str
+        headers: Dict[str, str] = dict(event.headers)  # type: ignore[arg-type]
         try:
             stream.status = int(headers.pop(":status", "0"))
         except ValueError:
@@ -514,7 +515,8 @@ class H2ClientProtocol(Protocol):
     def _on_ping_ack(self, event: PingAckReceived) -> None:
         self._ping_sent = None
 
-    _EVENTS = {
+    #: h2 event class -> its handler (each takes its own kind of event)
+    _EVENTS: Dict[type, Callable[[H2ClientProtocol, Any], None]] = {
         RemoteSettingsChanged: _on_settings,
         ResponseReceived: _on_response,
         DataReceived: _on_data,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from typing import Any, Callable, Deque, List, Optional
+from typing import Any, Callable, Deque, Generic, List, Optional, TypeVar
 
 from twisted.internet.defer import Deferred
 
@@ -93,7 +93,11 @@ class PendingPush:
         return self.push.deadline - self.owner.clock.seconds()
 
 
-class PendingQueue:
+#: the kind of PendingPush a client makes (a transport may add what its attempts need)
+P = TypeVar("P", bound=PendingPush)
+
+
+class PendingQueue(Generic[P]):
     """The FIFO of pushes waiting for a connection or a free stream.
 
     A push answered while it waits (its deadline passed) is taken out of the
@@ -103,23 +107,23 @@ class PendingQueue:
     """
 
     def __init__(self) -> None:
-        self._items: Deque[PendingPush] = deque()
+        self._items: Deque[P] = deque()
         self._waiting = 0  # pushes in _items still QUEUED
 
     def __len__(self) -> int:
         return self._waiting
 
-    def put(self, pending: PendingPush) -> None:
+    def put(self, pending: P) -> None:
         """Queue ``pending`` behind the others."""
         self._enter(pending)
         self._items.append(pending)
 
-    def put_front(self, pending: PendingPush) -> None:
+    def put_front(self, pending: P) -> None:
         """Put back a push whose try failed; it keeps its place ahead of newer ones."""
         self._enter(pending)
         self._items.appendleft(pending)
 
-    def get(self) -> Optional[PendingPush]:
+    def get(self) -> Optional[P]:
         """The oldest push still waiting, out of the queue (its state is the caller's to set)."""
         items = self._items
         while items:
@@ -130,14 +134,14 @@ class PendingQueue:
                 return pending
         return None
 
-    def discard(self, pending: PendingPush) -> None:
+    def discard(self, pending: P) -> None:
         """``pending`` (QUEUED) leaves the line where it stands."""
         self._waiting -= 1
         pending.state = NEW
 
-    def take_all(self) -> List[PendingPush]:
+    def take_all(self) -> List[P]:
         """Remove and return every waiting push, oldest first."""
-        taken: List[PendingPush] = []
+        taken: List[P] = []
         while True:
             pending = self.get()
             if pending is None:
@@ -149,7 +153,7 @@ class PendingQueue:
         deadlines = [pending.push.deadline for pending in self._items if pending.state is QUEUED]
         return min(deadlines) if deadlines else None
 
-    def _enter(self, pending: PendingPush) -> None:
+    def _enter(self, pending: P) -> None:
         pending.state = QUEUED
         self._waiting += 1
         if len(self._items) > 2 * self._waiting + 64:

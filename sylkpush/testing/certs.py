@@ -10,7 +10,7 @@ import datetime
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -129,7 +129,7 @@ class CertificateAuthority:
                 critical=False)
         )
         if server_names:
-            alt = []
+            alt: List[x509.GeneralName] = []
             for name in server_names:
                 try:
                     alt.append(x509.IPAddress(ipaddress.ip_address(name)))

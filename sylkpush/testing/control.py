@@ -110,21 +110,30 @@ class ControlResource(resource.Resource):
         return json.dumps(fake_stats(self.fake)).encode()
 
     def render_POST(self, request: server.Request) -> bytes:
-        parts = [part.decode() for part in request.postpath if part]
+        parts = [part.decode() for part in request.postpath or () if part]
         fault = FAULTS.get(parts[1]) if len(parts) == 2 and parts[0] == "fault" else None
         if fault is None:
             request.setResponseCode(404)
             return b'{"error": "unknown fault"}'
-        count = int(request.args.get(b"count", [b"1"])[0])
+        args: Dict[bytes, List[bytes]] = request.args or {}
+        count = int(args.get(b"count", [b"1"])[0])
         fault(self.fake, count)
         return b'{"ok": true}'
 
 
+class QuietSite(server.Site):
+    """A Site without access log or factory start and stop lines (the fakes
+    answer thousands of requests a second)."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
 def listen_control(reactor: Any, fake: Any, port: int) -> int:
     """Serve the control port on 127.0.0.1; the port number."""
-    site = server.Site(ControlResource(fake))
-    site.noisy = False
-    site.log = lambda request: None
+    site = QuietSite(ControlResource(fake))
     return reactor.listenTCP(port, site, interface="127.0.0.1").getHost().port
 
 

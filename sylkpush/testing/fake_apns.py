@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 import jwt
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 from h2.settings import SettingCodes
@@ -50,7 +49,7 @@ from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from zope.interface import implementer
 
-from sylkpush.testing.certs import CertificateAuthority, new_ec_key, private_key_pem, public_key_pem
+from sylkpush.testing.certs import CertificateAuthority, new_ec_key, private_key_pem
 from sylkpush.testing.control import fake_arguments, serve_fake
 from sylkpush.testing.h2server import H2ServerProtocol
 
@@ -103,7 +102,7 @@ class FakeAPNsProtocol(H2ServerProtocol):
         self.draining = False
         #: reads nothing and answers nothing, and never closes (see go_silent)
         self.silent = False
-        self.lost = Deferred()
+        self.lost: "Deferred[None]" = Deferred()
 
     def connectionMade(self) -> None:  # noqa: N802
         self.fake._connections.add(self)
@@ -297,7 +296,7 @@ class FakeAPNs:
         self.auth_key_file = os.path.join(self.directory, f"AuthKey_{key_id}.p8")
         with open(self.auth_key_file, "wb") as stream:
             stream.write(private_key_pem(signing_key))
-        self._public_key = load_pem_public_key(public_key_pem(signing_key))
+        self._public_key = signing_key.public_key()
         self._tls = self._server_options(require_certificate)
         #: while True, (re)starts present a certificate from another CA
         self.wrong_certificate = False
@@ -460,7 +459,7 @@ class FakeAPNs:
                    app_type: str = "sylk", apns_id: bool = True) -> Any:
         """An :class:`sylkpush.config.AppConfig` for this fake (no config files needed)."""
         from sylkpush.config import AppConfig
-        common = dict(section=app_id, app_id=app_id, app_type=app_type, platform="apple",
+        common: Dict[str, Any] = dict(section=app_id, app_id=app_id, app_type=app_type, platform="apple",
                       apple_host=self.host, apple_port=self.port, tls_ca_file=self.ca_file,
                       apple_apns_id=apns_id)
         if auth == "token":

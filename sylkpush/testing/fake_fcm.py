@@ -46,7 +46,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from sylkpush.testing.certs import CertificateAuthority
-from sylkpush.testing.control import fake_arguments, serve_fake
+from sylkpush.testing.control import QuietSite, fake_arguments, serve_fake
 from sylkpush.testing.h2server import AlpnSwitch, H2ServerProtocol
 from sylkpush.web import ConnectionTracker
 
@@ -169,13 +169,6 @@ class _Connections(ConnectionTracker):
     def _abort_all(self) -> None:
         for protocol in list(self.protocols):
             protocol.transport.abortConnection()
-
-
-class _QuietSite(server.Site):
-    noisy = False
-
-    def log(self, request) -> None:
-        """No access log: the benchmark pushes thousands of requests a second."""
 
 
 class _H2Request:
@@ -386,9 +379,10 @@ class FakeFCM:
     def start(self) -> "Deferred[int]":
         """Listen (on the same port as before after a stop); fires with the port."""
         root = _FakeResource(self)
-        self._factory = _Connections(_Switching(self, _QuietSite(root)), self.reactor)
-        self._listening = self.reactor.listenSSL(self.port, self._factory, self._tls, interface=self.host)
-        self.port = self._listening.getHost().port
+        self._factory = _Connections(_Switching(self, QuietSite(root)), self.reactor)
+        listening = self.reactor.listenSSL(self.port, self._factory, self._tls, interface=self.host)
+        self._listening = listening
+        self.port = listening.getHost().port
         if not self.service_account_file:
             self.service_account_file, _ = write_service_account(
                 self.directory, self.token_uri, self.project, key=self._service_key)
@@ -764,7 +758,7 @@ def _send_text(request, code: int, text: str, content_type: str = "text/plain") 
 def _v1_error(request, code: int, status: str, message: str, error_code: Optional[str],
               retry_after: Optional[int] = None, violation: Optional[Tuple[str, str]] = None) -> None:
     error: Dict[str, Any] = {"code": code, "message": message, "status": status}
-    details = []
+    details: List[Dict[str, Any]] = []
     if error_code:
         details.append({"@type": FCM_ERROR_TYPE, "errorCode": error_code})
     if violation:

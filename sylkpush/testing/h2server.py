@@ -41,7 +41,10 @@ class H2ServerProtocol(Protocol):
     def __init__(self, reactor: Any, max_concurrent_streams: int) -> None:
         self.reactor = reactor
         self.max_concurrent_streams = max_concurrent_streams
-        self.conn: Optional[CountingH2Connection] = None
+        config = H2Configuration(client_side=False, header_encoding="utf-8",
+                                 validate_outbound_headers=False, normalize_outbound_headers=False)
+        #: the HTTP/2 state; it says its first words in connectionMade
+        self.conn = CountingH2Connection(config, self.open_streams)
         self.closing = False
         self._flush_call: Any = None
 
@@ -74,9 +77,6 @@ class H2ServerProtocol(Protocol):
     # -- Twisted ----------------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
-        config = H2Configuration(client_side=False, header_encoding="utf-8",
-                                 validate_outbound_headers=False, normalize_outbound_headers=False)
-        self.conn = CountingH2Connection(config, self.open_streams)
         # the stream limit must be in the first SETTINGS, or a client may open
         # more streams before it learns the limit
         self.conn.local_settings = Settings(client=False, initial_values={
@@ -100,7 +100,8 @@ class H2ServerProtocol(Protocol):
             return
         for event in events:
             if isinstance(event, RequestReceived):
-                self.request_received(event.stream_id, list(event.headers))
+                # h2 declares headers as bytes; header_encoding makes them str
+                self.request_received(event.stream_id, list(event.headers))  # type: ignore[arg-type]
             elif isinstance(event, DataReceived):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 self.body_received(event.stream_id, event.data)
@@ -147,7 +148,7 @@ class H2ServerProtocol(Protocol):
 
     def flush(self) -> None:
         self._flush_call = None
-        if self.conn is None or self.transport is None:
+        if self.transport is None:  # not connected yet
             return
         data = self.conn.data_to_send()
         if data:

@@ -66,10 +66,24 @@ class _Incoming(_Relay):
         self.transport.pauseProducing()  # until the target answers
         outgoing = _Outgoing(self.proxy)
         outgoing.peer = self
-        factory = ClientFactory()
-        factory.protocol = lambda: outgoing
-        factory.clientConnectionFailed = lambda connector, reason: self.transport.loseConnection()
-        self.proxy.reactor.connectTCP(self.proxy.target_host, self.proxy.target_port, factory, timeout=5)
+        self.proxy.reactor.connectTCP(self.proxy.target_host, self.proxy.target_port,
+                                      _OutgoingFactory(self, outgoing), timeout=5)
+
+
+class _OutgoingFactory(ClientFactory):
+    """Connects the target side of ``incoming``; when the target cannot be
+    reached, ``incoming`` is closed."""
+
+    def __init__(self, incoming: _Incoming, outgoing: _Outgoing) -> None:
+        self.incoming = incoming
+        self.outgoing = outgoing
+
+    def buildProtocol(self, addr: Any) -> _Outgoing:  # noqa: N802
+        self.outgoing.factory = self
+        return self.outgoing
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:  # noqa: N802
+        self.incoming.transport.loseConnection()
 
 
 class TCPProxy(Factory):

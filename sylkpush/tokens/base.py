@@ -12,9 +12,11 @@ returns a Deferred and never blocks the reactor.  Failures are
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred
+
+_R = TypeVar("_R")
 
 #: how SIP clients spell their instance id (RFC 5626 ``+sip.instance``)
 URN_UUID_PREFIX = "<urn:uuid:"
@@ -129,3 +131,10 @@ class TokenStore:
     def close(self) -> "Deferred[None]":
         """Finish the work already asked for, then release the store."""
         raise NotImplementedError
+
+
+def passing_through(result: _R, fired: "Deferred[None]") -> _R:
+    """A callback that fires ``fired`` and passes ``result`` on unchanged: a
+    Deferred of one's own for a caller waiting on a shared one."""
+    fired.callback(None)
+    return result

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Set, Tuple, TypeVar
+from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Set, Tuple, Type, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, gatherResults
 from twisted.internet.threads import deferToThreadPool
@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from sylkpush.config import CassandraSettings
 from sylkpush.notification import PLATFORM_ALIASES
 from sylkpush.tokens import cassandra_async
-from sylkpush.tokens.base import Device, StorageError, StorageUnavailable, TokenStore
+from sylkpush.tokens.base import Device, StorageError, StorageUnavailable, TokenStore, passing_through
 from sylkpush.tokens.cassandra_cluster import REQUEST_TIMEOUT, DriverMissing, NodeIdentity, make_cluster
 from sylkpush.tokens.cassandra_schema import DEVICES_TABLE, schema_statements
 
@@ -206,8 +206,8 @@ class CassandraTokenStore(TokenStore):
     def close(self) -> "Deferred[None]":
         if self._closing is None:
             self._closing = ensureDeferred(self._close())
-        closed: Deferred = Deferred()
-        self._closing.addBoth(lambda result: (closed.callback(None), result)[1])
+        closed: "Deferred[None]" = Deferred()
+        self._closing.addBoth(passing_through, closed)
         return closed
 
     # -- requests
@@ -236,7 +236,7 @@ class CassandraTokenStore(TokenStore):
         return cassandra_async.execute(self.reactor, self._session, self._prepared[name], values,
                                        timeout=self.request_timeout).addErrback(self._request_failed, name)
 
-    def _request_failed(self, failure: Failure, name: str) -> None:
+    def _request_failed(self, failure: Failure, name: str) -> NoReturn:
         timed_out, unavailable, refused = _driver_errors()
         error = failure.value
         if isinstance(error, timed_out):
@@ -327,12 +327,12 @@ class CassandraTokenStore(TokenStore):
 
     def _attempt_done(self) -> Deferred:
         """Fires once the attempt to connect under way (if any) has ended."""
-        done: Deferred = Deferred()
+        done: "Deferred[None]" = Deferred()
         if self._attempt is None:
             done.callback(None)
         else:
             # not the attempt's own Deferred: close() may be called from its callbacks
-            self._attempt.addBoth(lambda result: (done.callback(None), result)[1])
+            self._attempt.addBoth(passing_through, done)
         return done
 
     def _missing_schema(self) -> str:
@@ -392,7 +392,11 @@ class CassandraTokenStore(TokenStore):
         done.addErrback(lambda failure: log.error("token storage: closing the Cassandra connections failed: %s",
                                                   failure.getErrorMessage()))
         self._shutting_down.append(done)
-        done.addBoth(lambda result: (self._shutting_down.remove(done), result)[1])
+        done.addBoth(self._shut_down_done, done)
+
+    def _shut_down_done(self, result: object, done: "Deferred[None]") -> object:
+        self._shutting_down.remove(done)
+        return result
 
     def _wake(self, error: Optional[Exception]) -> None:
         """Answer open() and the requests that waited for the first attempt."""
@@ -415,7 +419,10 @@ class CassandraTokenStore(TokenStore):
         await DeferredList(list(self._shutting_down))
 
 
-def _driver_errors() -> Tuple[type, Tuple[type, ...], Tuple[type, ...]]:
+_Errors = Tuple[Type[BaseException], ...]
+
+
+def _driver_errors() -> Tuple[Type[BaseException], _Errors, _Errors]:
     """The driver's timeout, its other errors that mean "try again later" (503), and the rest (500)."""
     from cassandra import DriverException, OperationTimedOut, RequestExecutionException
     from cassandra.cluster import NoHostAvailable

@@ -25,12 +25,12 @@ import queue
 import sqlite3
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 
 from sylkpush.tokens import pickle_import
-from sylkpush.tokens.base import Device, StorageError, StorageUnavailable, TokenStore
+from sylkpush.tokens.base import Device, StorageError, StorageUnavailable, TokenStore, passing_through
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ UPSERT = (f"INSERT INTO push_tokens ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 
 
 #: a piece of work: runs in the store's thread, returns (result, change in the device count)
 Work = Callable[[sqlite3.Connection], Tuple[Any, int]]
+#: what a piece of work is given: the connection (None for the opening)
+C = TypeVar("C", sqlite3.Connection, None)
 
 
 def _row(device: Device) -> Tuple[Any, ...]:
@@ -87,7 +89,7 @@ def _exists(connection: sqlite3.Connection, key: Tuple[str, str, str, str]) -> b
 class _Job:
     __slots__ = ("work", "deferred", "result", "delta", "error")
 
-    def __init__(self, work: Optional[Work], deferred: Optional[Deferred]) -> None:
+    def __init__(self, work: Work, deferred: Deferred) -> None:
         self.work = work
         self.deferred = deferred
         self.result: Any = None
@@ -113,7 +115,8 @@ class SQLiteTokenStore(TokenStore):
         self.count: Optional[int] = None
         self.problem = "not opened yet"
         self._connection: Optional[sqlite3.Connection] = None
-        self._queue: "queue.SimpleQueue[_Job]" = queue.SimpleQueue()
+        #: work for the store's thread; None tells it to stop
+        self._queue: "queue.SimpleQueue[Optional[_Job]]" = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
         self._closed = False
         self._opened_at = 0.0
@@ -178,9 +181,9 @@ class SQLiteTokenStore(TokenStore):
             if self._thread is None:
                 self._stopped.callback(None)
             else:
-                self._queue.put(_Job(None, None))  # the thread stops when it reaches this
-        stopped: Deferred = Deferred()
-        self._stopped.addBoth(lambda result: (stopped.callback(None), result)[1])
+                self._queue.put(None)  # the thread stops when it reaches this
+        stopped: "Deferred[None]" = Deferred()
+        self._stopped.addBoth(passing_through, stopped)
         return stopped
 
     # -- the reactor side
@@ -204,15 +207,7 @@ class SQLiteTokenStore(TokenStore):
 
     def _run(self) -> None:
         while True:
-            jobs = [self._queue.get()]
-            while len(jobs) < MAX_BATCH and jobs[-1].work is not None:
-                try:
-                    jobs.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stopping = jobs[-1].work is None
-            if stopping:
-                jobs.pop()
+            jobs, stopping = self._take_batch()
             if jobs:
                 try:
                     self._run_batch(jobs)
@@ -223,17 +218,34 @@ class SQLiteTokenStore(TokenStore):
                 self.reactor.callFromThread(self._deliver, jobs)
             if stopping:
                 self._close_connection()
+                assert self._stopped is not None  # set before the stop was queued
                 self.reactor.callFromThread(self._stopped.callback, None)
                 return
+
+    def _take_batch(self) -> Tuple[List[_Job], bool]:
+        """The work queued now (waiting for some), MAX_BATCH pieces at most,
+        and whether the stop came after it."""
+        jobs: List[_Job] = []
+        job = self._queue.get()
+        while job is not None:
+            jobs.append(job)
+            if len(jobs) >= MAX_BATCH:
+                return jobs, False
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs, False
+        return jobs, True
 
     def _run_batch(self, jobs: List[_Job]) -> None:
         if self._connection is None:
             # opening is the first job; after a failure, opening is tried again now and then
-            if jobs[0].work == self._open:
-                self._run_one(None, jobs[0])
+            first = jobs[0]
+            if first.work == self._open:
+                first.result, first.delta, first.error = self._run_one(self._open, None)
                 jobs = jobs[1:]
             elif time.monotonic() - self._opened_at >= REOPEN_INTERVAL:
-                self._run_one(None, _Job(self._open, None))
+                self._run_one(self._open, None)
         connection = self._connection
         if connection is None:
             for job in jobs:
@@ -243,7 +255,8 @@ class SQLiteTokenStore(TokenStore):
             connection.execute("BEGIN IMMEDIATE")
             for number, job in enumerate(jobs):
                 connection.execute(f"SAVEPOINT s{number}")
-                if self._run_one(connection, job):
+                job.result, job.delta, job.error = self._run_one(job.work, connection)
+                if job.error is None:
                     connection.execute(f"RELEASE s{number}")
                 else:
                     connection.execute(f"ROLLBACK TO s{number}")
@@ -268,22 +281,21 @@ class SQLiteTokenStore(TokenStore):
         self.count = count[0] if count else (self.count or 0) + delta
 
     @staticmethod
-    def _run_one(connection: Optional[sqlite3.Connection], job: _Job) -> bool:
+    def _run_one(work: Callable[[C], Tuple[Any, int]],
+                 connection: C) -> Tuple[Any, int, Optional[StorageError]]:
+        """``work``'s result and change in the device count, or why it failed."""
         try:
-            job.result, job.delta = job.work(connection)
+            result, delta = work(connection)
         except StorageError as exc:
-            job.error = exc
-            return False
+            return None, 0, exc
         except sqlite3.Error as exc:
-            job.error = StorageError(f"token store error: {exc}")
-            return False
+            return None, 0, StorageError(f"token store error: {exc}")
         except Exception as exc:  # a bug: reported to the caller, the thread goes on
             log.exception("token store: unexpected error")
-            job.error = StorageError(f"token store error: {type(exc).__name__}: {exc}")
-            return False
-        return True
+            return None, 0, StorageError(f"token store error: {type(exc).__name__}: {exc}")
+        return result, delta, None
 
-    def _open(self, _: None) -> Tuple[None, int]:
+    def _open(self, _: Optional[sqlite3.Connection] = None) -> Tuple[None, int]:
         """Open or create the database and import the original's pickle file once."""
         self._opened_at = time.monotonic()
         try:

@@ -10,7 +10,7 @@ is removed from the store (unless it registered another token meanwhile).
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from twisted.internet.defer import DeferredList
 
@@ -20,6 +20,10 @@ from sylkpush.v2.metrics import TokenMetrics
 from sylkpush.v2.registration import token_for
 
 log = logging.getLogger(__name__)
+
+#: what a DeferredList gives for each Deferred: (True, its result) or
+#: (False, its Failure); Twisted's annotation leaves the Failure out
+Outcomes = Sequence[Tuple[bool, Any]]
 
 
 def device_fields(device: Device, token: str) -> Dict[str, Any]:
@@ -92,8 +96,8 @@ class AccountPusher:
             self.dispatcher.refused(first_refusal.code)
             return Answer(first_refusal.code, first_refusal.description, first_refusal.data)
 
-        sent = await DeferredList([self.dispatcher.deliver(p) for p in prepared],
-                                  consumeErrors=True)
+        sent: Outcomes = await DeferredList([self.dispatcher.deliver(p) for p in prepared],
+                                            consumeErrors=True)
         answers = iter(sent)
         results: List[Dict[str, Any]] = []
         expired: List[Device] = []
@@ -129,7 +133,7 @@ class AccountPusher:
         """Remove the devices whose token is gone; those removed."""
         if not devices:
             return []
-        done = await DeferredList([self.store.remove_expired(d) for d in devices], consumeErrors=True)
+        done: Outcomes = await DeferredList([self.store.remove_expired(d) for d in devices], consumeErrors=True)
         removed = []
         for device, (ok, result) in zip(devices, done):
             if not ok:
