@@ -143,35 +143,30 @@ class RendererClassesTests(unittest.TestCase):
             "android": {"priority": "high", "ttl": "60s"},
         }})
 
+    def assert_refused(self, app_type: str, platform: str, source: str, *reasons: str) -> None:
+        """The module ``source`` of ``app_type`` is refused with its path and ``reasons``."""
+        path = self.write(app_type, source)
+        exc = self.assertRaises(ConfigError, renderer_classes, app_type, platform, self.extra_dir)
+        for expected in (path,) + reasons:
+            self.assertIn(expected, str(exc))
+
     def test_syntax_error(self) -> None:
-        path = self.write("broken", "class AppleBrokenHeaders(:\n    pass\n")
-        exc = self.assertRaises(ConfigError, renderer_classes, "broken", "apple", self.extra_dir)
-        self.assertIn(path, str(exc))
-        self.assertIn("SyntaxError", str(exc))
-        self.assertIn("failed to import", str(exc))
+        self.assert_refused("broken", "apple", "class AppleBrokenHeaders(:\n    pass\n",
+                            "SyntaxError", "failed to import")
 
     def test_import_raises(self) -> None:
-        path = self.write("needy", "import sylkpush_no_such_module\n")
-        exc = self.assertRaises(ConfigError, renderer_classes, "needy", "apple", self.extra_dir)
-        self.assertIn(path, str(exc))
-        self.assertIn("sylkpush_no_such_module", str(exc))
+        self.assert_refused("needy", "apple", "import sylkpush_no_such_module\n", "sylkpush_no_such_module")
 
     def test_missing_class(self) -> None:
-        path = self.write("half", (
+        self.assert_refused("half", "firebase", (
             "from sylkpush.applications.base import FirebaseHeaders\n"
-            "class FirebaseHalfHeaders(FirebaseHeaders):\n    pass\n"))
-        exc = self.assertRaises(ConfigError, renderer_classes, "half", "firebase", self.extra_dir)
-        self.assertIn(path, str(exc))
-        self.assertIn("FirebaseHalfPayload", str(exc))
+            "class FirebaseHalfHeaders(FirebaseHeaders):\n    pass\n"), "FirebaseHalfPayload")
 
     def test_class_not_a_renderer(self) -> None:
-        path = self.write("plain", (
+        self.assert_refused("plain", "apple", (
             "from sylkpush.applications.base import AppleHeaders\n"
             "class ApplePlainHeaders(AppleHeaders):\n    pass\n"
-            "class ApplePlainPayload:\n    payload = {}\n"))
-        exc = self.assertRaises(ConfigError, renderer_classes, "plain", "apple", self.extra_dir)
-        self.assertIn(path, str(exc))
-        self.assertIn("ApplePlainPayload", str(exc))
+            "class ApplePlainPayload:\n    payload = {}\n"), "ApplePlainPayload")
 
     def test_missing_module(self) -> None:
         exc = self.assertRaises(ConfigError, renderer_classes, "ghost", "apple", self.extra_dir)
