@@ -76,3 +76,26 @@ class DemoPortsTests(unittest.TestCase):
         [line] = result.stderr.strip().splitlines()
         self.assertIn(f"port {self.port} for Sylk Pushserver", line)
         self.assertIn("make run PORT=...", line)
+
+
+class DemoConfigurationTests(unittest.TestCase):
+    """`make run` keeps everything it writes inside the checkout."""
+
+    def test_token_storage_stays_in_the_demo_directory(self):
+        # a demo run as root must not leave a token database in the system's
+        # spool directory, where the Debian package's user could not write it
+        import importlib.machinery
+        import importlib.util
+
+        from sylkpush.config import load_settings
+        loader = importlib.machinery.SourceFileLoader("demo_run", os.path.join(ROOT, "scripts", "demo-run"))
+        spec = importlib.util.spec_from_loader("demo_run", loader)
+        demo_run = importlib.util.module_from_spec(spec)
+        loader.exec_module(demo_run)
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        for name, content in (("general.ini", demo_run.GENERAL_INI), ("applications.ini", "")):
+            with open(os.path.join(directory, name), "w") as stream:
+                stream.write(content)
+        settings = load_settings(directory)
+        self.assertEqual(os.path.dirname(settings.path(settings.spool_dir)), directory)
