@@ -103,13 +103,18 @@ class ApiConnection(ProtocolWrapper):
 
     factory: "ApiConnections"
     transport: IStreamTransport
-    #: when the first byte of the request now arriving came (None: none is arriving)
-    receiving_since: Optional[float] = None
-    #: a request is received and not yet answered
-    answering = False
-    #: closed by us: whatever else arrives is dropped
-    closed = False
-    _host: Any = None
+
+    def __init__(self, factory: "ApiConnections", wrappedProtocol: Any) -> None:  # noqa: N803 (Twisted's name)
+        super().__init__(factory, wrappedProtocol)
+        # every attribute set here, in one order: the instances then share
+        # their attribute names (thousands of connections wait in an outage)
+        #: when the first byte of the request now arriving came (None: none is arriving)
+        self.receiving_since: Optional[float] = None
+        #: a request is received and not yet answered
+        self.answering = False
+        #: closed by us: whatever else arrives is dropped
+        self.closed = False
+        self._host: Any = None
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's names)
         if self.closed:

@@ -19,7 +19,7 @@ from urllib.parse import unquote_to_bytes as unquote
 from twisted.internet.defer import Deferred, succeed
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
-from twisted.web import http, resource, server
+from twisted.web import http, http_headers, resource, server
 
 from sylkpush import __version__
 from sylkpush.api_keys import ApiKeys
@@ -188,16 +188,31 @@ class ApiRequest(server.Request):
 
     def process(self) -> None:
         """twisted.web's, less its per-request costs we do not need: the Date
-        header is formatted once a second, no Server header (it named
-        Twisted's version), and no content encoders (the API has none)."""
+        header is set as the answer is written (:meth:`write`), no Server
+        header (it named Twisted's version), and no content encoders (the API
+        has none)."""
         self.site = self.channel.site  # type: ignore[attr-defined]  # set by Site, undeclared in Twisted
-        self.setHeader(b"date", http_date())
         self.prepath = []
         self.postpath = list(map(unquote, self.path[1:].split(b"/")))
         try:
             self.render(self.site.getResourceFor(self))
         except BaseException:
             self.processingFailed(Failure())
+
+    def waiting(self) -> None:
+        """The request is read and waits for its answer (thousands may, during
+        a push service outage): let go of what answering does not need.  Its
+        headers were read by now (Twisted reads Connection as they arrive);
+        only an access log at DEBUG still wants them, for the user agent."""
+        self.content = None
+        if not ApiSite.access_log.isEnabledFor(logging.DEBUG):
+            self.requestHeaders = http_headers.Headers()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            # the date of the answer, and no header held while it waits
+            self.setHeader(b"date", http_date())
+        super().write(data)
 
     def finish(self) -> None:
         if not self.finished and not self._disconnected:
@@ -322,6 +337,9 @@ class AnsweringResource(JsonResource):
         waiter = _Waiter(self, request, request_id)
         if not work.called:
             self.waiting[request] = waiter
+            release = getattr(request, "waiting", None)  # an ApiRequest (not a test double)
+            if release is not None:
+                release()
         work.addCallbacks(waiter.answer, waiter.failed)
         return server.NOT_DONE_YET
 

@@ -18,6 +18,7 @@ from sylkpush.pns.base import PushResult
 from sylkpush.testing.certs import CertificateAuthority
 from sylkpush.web import MAX_BODY
 from tests.doubles import capture_logs
+from tests.firebase_helpers import wait_until
 from tests.helpers import (LINPHONE_APPLE, SYLK_APPLE, SYLK_FIREBASE, RecordingClient, post,
                            start_server, wakeup)
 
@@ -48,6 +49,25 @@ class PushApiTests(unittest.TestCase):
         self.assertTrue(push.voip)
         self.assertEqual(push.payload["from_display_name"], "Alice")
         self.assertEqual(push.headers["apns-push-type"], "voip")
+
+    @defer.inlineCallbacks
+    def test_waiting_caller_holds_neither_body_nor_headers(self):
+        # thousands of callers wait during a push service outage: each holds what its answer needs only
+        later: Deferred = Deferred()
+        self.client().answers["a1b2c3d4"] = later
+        self.addCleanup(lambda: later.called or later.callback(PushResult(200, "OK", "u")))
+        answer = post(self.push_url, wakeup())
+        waiting = self.server.push_resource.waiting
+        yield wait_until(lambda: waiting)
+        [request] = waiting
+        self.assertIsNone(request.content)
+        self.assertEqual(list(request.requestHeaders.getAllRawHeaders()), [])
+        self.assertIsNone(request.responseHeaders.getRawHeaders(b"date"))  # stamped as the answer goes out
+        later.callback(PushResult(200, "OK", "u"))
+        code, body, response = yield answer
+        self.assertEqual((code, body["code"]), (200, 200))
+        [date] = response.headers.getRawHeaders(b"date")
+        self.assertTrue(date.endswith(b" GMT"), date)
 
     @defer.inlineCallbacks
     def test_platform_aliases_and_display_name_spelling(self):
