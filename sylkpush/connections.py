@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any, Callable, Dict, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Optional, Sequence, Set, cast
 
 from twisted.internet.protocol import Protocol
-from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import http, server
 
 from sylkpush.transports import IStreamTransport
@@ -105,7 +105,8 @@ class ApiConnection(ProtocolWrapper):
     transport: IStreamTransport
 
     def __init__(self, factory: "ApiConnections", wrappedProtocol: Any) -> None:  # noqa: N803 (Twisted's name)
-        super().__init__(factory, wrappedProtocol)
+        # ConnectionTracker wraps any protocol; these wrappers are its ApiConnections
+        super().__init__(cast("WrappingFactory[ApiConnection]", factory), wrappedProtocol)
         # every attribute set here, in one order: the instances then share
         # their attribute names (thousands of connections wait in an outage)
         #: when the first byte of the request now arriving came (None: none is arriving)

@@ -204,7 +204,7 @@ class ApiRequest(server.Request):
         a push service outage): let go of what answering does not need.  Its
         headers were read by now (Twisted reads Connection as they arrive);
         only an access log at DEBUG still wants them, for the user agent."""
-        self.content = None
+        self.content = None  # type: ignore[assignment]  # read already; Twisted's clean-up allows None
         if not ApiSite.access_log.isEnabledFor(logging.DEBUG):
             self.requestHeaders = http_headers.Headers()
 
