@@ -88,10 +88,12 @@ class DemoConfigurationTests(unittest.TestCase):
         import importlib.util
 
         from sylkpush.config import load_settings
+        before = os.getcwd()
         loader = importlib.machinery.SourceFileLoader("demo_run", os.path.join(ROOT, "scripts", "demo-run"))
         spec = importlib.util.spec_from_loader("demo_run", loader)
         demo_run = importlib.util.module_from_spec(spec)
         loader.exec_module(demo_run)
+        self.assertEqual(os.getcwd(), before, "importing demo-run changed the directory of the tests")
         directory = os.path.abspath(self.mktemp())
         os.mkdir(directory)
         for name, content in (("general.ini", demo_run.GENERAL_INI), ("applications.ini", "")):
