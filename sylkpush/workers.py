@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
 import shutil
 import signal
 import socket
@@ -113,6 +114,9 @@ class Supervisor:
         #: pid -> (worker number, when it started)
         self.children: Dict[int, tuple] = {}
         self.stopping = False
+        #: written to by SIGTERM/SIGINT: ends the pause before a worker is started
+        #: again (a pipe, not a lock, which the signal handler could find held)
+        self._stopped_read, self._stopped_write = os.pipe()
         self.exit_code = 0
 
     def run(self) -> int:
@@ -129,6 +133,8 @@ class Supervisor:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            os.close(self._stopped_read)
+            os.close(self._stopped_write)
         return self.exit_code
 
     def _fork(self, index: int) -> None:
@@ -139,6 +145,8 @@ class Supervisor:
             try:
                 # terminal signals (Ctrl-C) go to the supervisor alone, which passes them on once
                 os.setpgid(0, 0)
+                os.close(self._stopped_read)  # the supervisor's
+                os.close(self._stopped_write)
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     signal.signal(signum, signal.SIG_DFL)
                 # until the server handles it (a reload): a SIGHUP must not end a worker that starts
@@ -156,6 +164,7 @@ class Supervisor:
     def _signal(self, signum: int, frame: Any) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             self.stopping = True
+            os.write(self._stopped_write, b"x")
             self.on_stop()
         for pid in list(self.children):
             try:
@@ -186,7 +195,8 @@ class Supervisor:
             self._signal(signal.SIGTERM, None)
             return
         log.error("worker %d (pid %d) exited with %d; starting it again", index, pid, code)
-        time.sleep(RESTART_DELAY)
+        # this process runs no reactor; a stop cuts the pause short
+        select.select([self._stopped_read], [], [], RESTART_DELAY)
         if not self.stopping:
             self._fork(index)
 
