@@ -164,16 +164,22 @@ def valid_url_host(host: str) -> bool:
     return True
 
 
+def read_file(path: str, what: str = "") -> bytes:
+    """The contents of the file at ``path``, which the settings name ``what``;
+    ConfigError saying why it cannot be read."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what + ' ' if what else ''}{path}: {exc.strerror}") from None
+
+
 def read_ini(path: str) -> Tuple[configparser.ConfigParser, Dict[Tuple[str, str], int]]:
     """Parse the ini file ``path``; also the line of each ``(section, key)``.
 
     Errors say which line is wrong and why, never what it holds.
     """
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    data = read_file(path)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

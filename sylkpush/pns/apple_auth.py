@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet import ssl
 
-from sylkpush.config import ConfigError
+from sylkpush.config import ConfigError, read_file
 from sylkpush.pns.tls import load_client_certificate
 
 #: seconds a provider token is used before a new one is made (Apple: 20 to 60 min)
@@ -82,11 +82,7 @@ class TokenAuth:
 
 
 def _load_signing_key(path: str) -> ec.EllipticCurvePrivateKey:
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read apple_key {path}: {exc.strerror}") from None
+    data = read_file(path, "apple_key")
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

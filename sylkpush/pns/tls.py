@@ -15,20 +15,12 @@ from twisted.internet import ssl
 from twisted.internet._sslverify import IOpenSSLTrustRoot  # not re-exported by twisted.internet.ssl
 from zope.interface import implementer
 
-from sylkpush.config import ConfigError
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as stream:
-            return stream.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+from sylkpush.config import ConfigError, read_file
 
 
 def load_ca_bundle(path: str) -> list:
     """Every certificate of the PEM bundle at ``path`` (ConfigError when none)."""
-    data = _read(path)
+    data = read_file(path)
     marker = b"-----END CERTIFICATE-----"
     certs = []
     for chunk in data.split(marker)[:-1]:
@@ -57,8 +49,8 @@ class SystemAndExtraTrust:
 
 def load_client_certificate(cert_path: str, key_path: str = "") -> ssl.PrivateCertificate:
     """A client certificate and its key from PEM files (the key may be in the cert file)."""
-    cert_data = _read(cert_path)
-    key_data = _read(key_path) if key_path and key_path != cert_path else cert_data
+    cert_data = read_file(cert_path)
+    key_data = read_file(key_path) if key_path and key_path != cert_path else cert_data
     try:
         return ssl.PrivateCertificate.loadPEM(cert_data + b"\n" + key_data)
     except Exception as exc:  # pyOpenSSL raises several types for bad PEM
