@@ -125,7 +125,7 @@ class StreamIdTests(Setup, unittest.TestCase):
     def test_pushes_delivered_when_ids_run_out(self):
         self.start()
         for connection in self.network.ready_connections:
-            connection.protocol.conn.highest_outbound_stream_id = 2 ** 31 - 5
+            connection.protocol.highest_outbound_stream_id = 2 ** 31 - 5
         made = len(self.network.connections)
         sends = [self.send(f"push-{n}") for n in range(10)]
         advance_until(self.clock, lambda: all(d.called for d in sends), 5)

@@ -17,7 +17,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from sylkpush.pns.http2 import LOST, REFUSED, RESET, UNPROCESSED, H2ClientProtocol, LiteralEncoder
+from sylkpush.pns.h2frames import LiteralEncoder
+from sylkpush.pns.http2 import LOST, REFUSED, RESET, UNPROCESSED, H2ClientProtocol
 
 HEADERS = [(":method", "POST"), (":scheme", "https"), (":authority", "apns.test"),
            (":path", "/3/device/00")]
