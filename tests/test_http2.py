@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, PingReceived, RequestReceived, StreamEnded
+from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PingReceived, RequestReceived,
+                       SettingsAcknowledged, StreamEnded)
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, PingFrame
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -58,19 +59,32 @@ class Handler:
         self.outcomes.append(("failed", kind, reason))
 
 
-class H2ClientProtocolTests(TestCase):
-    def connect(self, max_streams: int = 100, window: int = 65535) -> None:
+def frame_types(data: bytes) -> List[str]:
+    """The types of the frames in ``data``, in order (hyperframe reads them)."""
+    types = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        types.append(frame.type)
+        data = data[9 + length:]
+    return [{0: "DATA", 1: "HEADERS", 3: "RST_STREAM", 4: "SETTINGS", 6: "PING", 7: "GOAWAY",
+             8: "WINDOW_UPDATE", 9: "CONTINUATION"}.get(t, str(t)) for t in types]
+
+
+class H2PeerCase(TestCase):
+    """The client against h2's server side: an HTTP/2 implementation of its own."""
+
+    def connect(self, max_streams: int = 100, window: int = 65535, **settings: int) -> None:
         self.clock = Clock()
         self.listener = Listener()
         self.protocol = H2ClientProtocol(self.listener, self.clock, ping_interval=60, ping_timeout=20)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 2197))
         self.protocol.makeConnection(self.transport)
         self.server = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
-        self.server.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: window})
+        values = {SettingCodes.MAX_CONCURRENT_STREAMS: max_streams, SettingCodes.INITIAL_WINDOW_SIZE: window}
+        values.update({SettingCodes[name.upper()]: value for name, value in settings.items()})
+        self.server.local_settings = Settings(client=False, initial_values=values)
         self.server.initiate_connection()
-        self.exchange()
+        self.server_events = self.exchange()
 
     def exchange(self) -> list:
         """Carry bytes both ways once; the server's events."""
@@ -82,9 +96,9 @@ class H2ClientProtocolTests(TestCase):
             self.protocol.dataReceived(reply)
         return events
 
-    def request(self, body: bytes = b"{}") -> Handler:
+    def request(self, body: bytes = b"{}", headers: List[Tuple[str, str]] = HEADERS) -> Handler:
         handler = Handler()
-        self.protocol.request(HEADERS, body, handler)
+        self.protocol.request(headers, body, handler)
         self.protocol.flush()
         return handler
 
@@ -94,6 +108,8 @@ class H2ClientProtocolTests(TestCase):
         if body:
             self.server.send_data(stream_id, body, end_stream=True)
 
+
+class H2ClientProtocolTests(H2PeerCase):
     def test_ready_after_the_peer_settings(self):
         self.connect(max_streams=3)
         self.assertEqual(self.listener.ready, [self.protocol])
@@ -225,6 +241,246 @@ class H2ClientProtocolTests(TestCase):
         self.request()
         [event] = [e for e in self.exchange() if isinstance(e, RequestReceived)]
         self.assertEqual(event.headers, HEADERS)
+
+
+class FramingTests(H2PeerCase):
+    """What the client's own framing must get right, each against h2's server side."""
+
+    def body_received(self, events: list) -> bytes:
+        return b"".join(e.data for e in events if isinstance(e, DataReceived))
+
+    def test_settings_said_and_acknowledged(self):
+        self.connect()
+        self.assertEqual(self.server.remote_settings.enable_push, 0)
+        self.assertEqual(self.server.remote_settings.initial_window_size, 65535)
+        self.assertTrue([e for e in self.exchange() if isinstance(e, SettingsAcknowledged)])
+
+    def test_bodies_wait_for_the_connection_window(self):
+        # streams may take a megabyte each, the connection 65535 bytes until
+        # the server reads them: the third body and the small fourth wait
+        # for the WINDOW_UPDATE
+        self.connect(window=1 << 20)
+        bodies = [bytes([n]) * 30000 for n in range(3)] + [b"small"]
+        handlers = [self.request(body) for body in bodies]
+        events = self.exchange()
+        self.assertEqual(len(self.body_received(events)), 65535)
+        self.assertLessEqual(max(len(e.data) for e in events if isinstance(e, DataReceived)), 16384)
+        for event in events:
+            if isinstance(event, DataReceived):
+                self.server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.exchange()  # the WINDOW_UPDATE reaches the client, which sends the rest
+        events += self.exchange()
+        received = {stream_id: b"".join(e.data for e in events if isinstance(e, DataReceived)
+                                        and e.stream_id == stream_id) for stream_id in (1, 3, 5, 7)}
+        self.assertEqual(received, {1: bodies[0], 3: bodies[1], 5: bodies[2], 7: bodies[3]})
+        self.assertEqual(sorted(e.stream_id for e in events if isinstance(e, StreamEnded)), [1, 3, 5, 7])
+        self.assertEqual([h.outcomes for h in handlers], [[], [], [], []])
+
+    def test_a_bigger_initial_window_of_the_peer_releases_a_waiting_body(self):
+        self.connect(window=100)
+        body = bytes(range(250)) * 4
+        self.request(body)
+        self.assertEqual(self.body_received(self.exchange()), body[:100])
+        self.server.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 5000})
+        self.exchange()  # the new SETTINGS: the open stream's window grows by 4900
+        events = self.exchange()
+        self.assertTrue([e for e in events if isinstance(e, SettingsAcknowledged)])
+        self.assertEqual(self.body_received(events), body[100:])
+        self.assertTrue([e for e in events if isinstance(e, StreamEnded)])
+
+    def test_the_peers_larger_frames_are_used(self):
+        self.connect(window=1 << 20)
+        self.server.update_settings({SettingCodes.MAX_FRAME_SIZE: 40000})
+        self.exchange()
+        self.exchange()  # h2 takes larger frames once the client acknowledged its SETTINGS
+        self.request(b"x" * 40000)
+        [data] = [e for e in self.exchange() if isinstance(e, DataReceived)]
+        self.assertEqual(len(data.data), 40000)
+
+    def test_a_long_header_block_goes_on_in_continuation_frames(self):
+        self.connect()
+        headers = HEADERS + [("x-long", "v" * 40000)]
+        self.request(b"{}", headers=headers)
+        self.assertEqual(frame_types(self.transport.value())[-4:], ["HEADERS", "CONTINUATION", "CONTINUATION",
+                                                                    "DATA"])
+        [event] = [e for e in self.exchange() if isinstance(e, RequestReceived)]
+        self.assertEqual(event.headers, headers)
+
+    def test_a_response_header_block_in_continuation_frames(self):
+        self.connect()
+        handler = self.request()
+        self.exchange()
+        self.server.send_headers(1, [(":status", "200"), ("x-long", "v" * 20000)], end_stream=True)
+        reply = self.server.data_to_send()
+        self.assertEqual(frame_types(reply), ["HEADERS", "CONTINUATION"])
+        self.protocol.dataReceived(reply[:5000])  # and in pieces
+        self.protocol.dataReceived(reply[5000:])
+        self.assertEqual(handler.outcomes, [("response", 200, {"x-long": "v" * 20000}, b"")])
+
+    def test_padded_and_prioritised_frames_from_the_peer(self):
+        self.connect()
+        first, second = self.request(), self.request()
+        self.exchange()
+        # a HEADERS frame with padding and a priority, made by hand with the
+        # server's own encoder (h2 pads only DATA)
+        frame = HeadersFrame(1, flags=["END_HEADERS", "END_STREAM", "PADDED", "PRIORITY"])
+        frame.pad_length = 30
+        frame.depends_on, frame.stream_weight = 0, 15
+        frame.data = self.server.encoder.encode([(":status", "410"), ("apns-id", "padded")])
+        self.protocol.dataReceived(frame.serialize())
+        self.server.send_headers(3, [(":status", "200"), ("apns-id", "padded")])
+        self.server.send_data(3, b'{"padded": true}', end_stream=True, pad_length=100)
+        self.exchange()
+        self.assertEqual(first.outcomes, [("response", 410, {"apns-id": "padded"}, b"")])
+        self.assertEqual(second.outcomes, [("response", 200, {"apns-id": "padded"}, b'{"padded": true}')])
+
+    def test_the_peers_header_table_is_followed_through_every_block(self):
+        # the server indexes what it sends, and later blocks refer to it; the
+        # block of a stream the client cancelled must be read all the same
+        self.connect()
+        handlers = [self.request() for _ in range(3)]  # streams 1, 3, 5
+        self.exchange()
+        self.protocol.cancel(3)  # its RST_STREAM reaches the server after the answer
+        self.server.send_headers(1, [(":status", "200"), ("x-first", "one")], end_stream=True)
+        self.server.send_headers(3, [(":status", "200"), ("x-second", "two")], end_stream=True)
+        self.protocol.dataReceived(self.server.data_to_send())
+        self.server.send_headers(5, [(":status", "200"), ("x-first", "one"), ("x-second", "two")],
+                                 end_stream=True)
+        block = self.server.data_to_send()
+        self.assertLess(len(block), 9 + 4)  # three references to indexed headers
+        self.protocol.dataReceived(block)
+        self.assertEqual(handlers[0].outcomes, [("response", 200, {"x-first": "one"}, b"")])
+        self.assertEqual(handlers[1].outcomes, [])
+        self.assertEqual(handlers[2].outcomes, [("response", 200, {"x-first": "one", "x-second": "two"}, b"")])
+        self.assertEqual(frame_types(self.transport.value()), ["RST_STREAM"])
+
+    def test_informational_answers_and_trailers_are_not_the_response(self):
+        self.connect()
+        handler = self.request()
+        self.exchange()
+        self.server.send_headers(1, [(":status", "100")])
+        self.server.send_headers(1, [(":status", "200"), ("apns-id", "a")])
+        self.server.send_data(1, b"body")
+        self.server.send_headers(1, [("x-trailer", "t")], end_stream=True)
+        self.exchange()
+        self.assertEqual(handler.outcomes, [("response", 200, {"apns-id": "a"}, b"body")])
+
+    def test_a_long_response_body_is_given_window_back(self):
+        self.connect()
+        handler = self.request()
+        self.exchange()
+        body = bytes(range(256)) * 800  # 204800 bytes: three times the first windows
+        self.server.send_headers(1, [(":status", "200")])
+        sent = 0
+        for _ in range(100):
+            size = min(self.server.local_flow_control_window(1), self.server.max_outbound_frame_size,
+                       len(body) - sent)
+            if size:
+                self.server.send_data(1, body[sent:sent + size], end_stream=sent + size == len(body))
+                sent += size
+            self.exchange()
+            if handler.outcomes:
+                break
+        self.assertEqual(handler.outcomes, [("response", 200, {}, body)])
+
+    def test_a_table_size_of_the_peer_is_acknowledged_in_the_next_block(self):
+        self.connect(header_table_size=0)
+        self.exchange()  # the client's ACK: the server's decoder now allows no table
+        self.request()
+        [event] = [e for e in self.exchange() if isinstance(e, RequestReceived)]
+        self.assertEqual(event.headers, HEADERS)
+        self.assertEqual(self.server.decoder.header_table.maxsize, 0)
+
+    def test_ping_of_the_peer_answered(self):
+        self.connect()
+        self.server.ping(b"12345678")
+        self.exchange()
+        [ack] = [e for e in self.exchange() if isinstance(e, PingAckReceived)]
+        self.assertEqual(ack.ping_data, b"12345678")
+
+    def test_an_ack_with_other_data_does_not_answer_our_ping(self):
+        self.connect()
+        self.clock.advance(60)
+        ping = bytes(self.transport.value()[-8:])
+        self.transport.clear()  # the PING never reaches the server
+        wrong = PingFrame(0, flags=["ACK"])
+        wrong.opaque_data = bytes(b ^ 0xFF for b in ping)
+        self.protocol.dataReceived(wrong.serialize())
+        self.clock.advance(20)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_goaway_with_debug_data_from_h2(self):
+        self.connect()
+        first, second = self.request(), self.request()
+        self.exchange()
+        self.respond(1, 200)
+        self.server.close_connection(error_code=ErrorCodes.NO_ERROR, last_stream_id=1,
+                                     additional_data=b"maintenance")
+        self.exchange()
+        self.assertEqual(first.outcomes[0][:2], ("response", 200))
+        self.assertEqual(second.outcomes[0][:2], ("failed", UNPROCESSED))
+        self.assertEqual(self.listener.goaway, ["server sent GOAWAY (NO_ERROR maintenance)"])
+        self.assertTrue(self.transport.disconnecting)
+
+    #: frames a server must not send, what each must cost: (name, frame, GOAWAY's error code)
+    BROKEN = [
+        ("frame larger than allowed", b"\x00\x40\x01\x00\x00\x00\x00\x00\x01" + b"x" * 16385,
+         ErrorCodes.FRAME_SIZE_ERROR),
+        ("frame header alone, announcing too much", b"\x01\x00\x00\x00\x00\x00\x00\x00\x01",
+         ErrorCodes.FRAME_SIZE_ERROR),
+        ("WINDOW_UPDATE of 3 bytes", b"\x00\x00\x03\x08\x00\x00\x00\x00\x00\x00\x00\x01",
+         ErrorCodes.FRAME_SIZE_ERROR),
+        ("WINDOW_UPDATE of 0", b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+         ErrorCodes.PROTOCOL_ERROR),
+        ("PING of 7 bytes", b"\x00\x00\x07\x06\x00\x00\x00\x00\x00" + b"1234567", ErrorCodes.FRAME_SIZE_ERROR),
+        ("SETTINGS of 5 bytes", b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00\x03\x00\x00\x00",
+         ErrorCodes.FRAME_SIZE_ERROR),
+        ("SETTINGS_ENABLE_PUSH 1", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x01",
+         ErrorCodes.PROTOCOL_ERROR),
+        ("SETTINGS_MAX_FRAME_SIZE 100", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00\x00\x00\x64",
+         ErrorCodes.PROTOCOL_ERROR),
+        ("SETTINGS_INITIAL_WINDOW_SIZE 2**31", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x80\x00\x00\x00",
+         ErrorCodes.FLOW_CONTROL_ERROR),
+        ("DATA on stream 0", b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x", ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS on a server stream", b"\x00\x00\x01\x01\x05\x00\x00\x00\x02\x88", ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS on a stream never opened", b"\x00\x00\x01\x01\x05\x00\x00\x00\x63\x88",
+         ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS that HPACK cannot decode", b"\x00\x00\x01\x01\x05\x00\x00\x00\x01\x80",
+         ErrorCodes.COMPRESSION_ERROR),
+        ("DATA padded beyond its length", b"\x00\x00\x03\x00\x09\x00\x00\x00\x01\x05xy", ErrorCodes.PROTOCOL_ERROR),
+        ("CONTINUATION of nothing", b"\x00\x00\x01\x09\x04\x00\x00\x00\x01\x88", ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS not continued", b"\x00\x00\x01\x01\x00\x00\x00\x00\x01\x88"
+         b"\x00\x00\x00\x06\x00\x00\x00\x00\x00", ErrorCodes.PROTOCOL_ERROR),
+        ("PUSH_PROMISE", b"\x00\x00\x05\x05\x04\x00\x00\x00\x01\x00\x00\x00\x02\x82", ErrorCodes.PROTOCOL_ERROR),
+        ("RST_STREAM of 3 bytes", b"\x00\x00\x03\x03\x00\x00\x00\x00\x01\x00\x00\x00", ErrorCodes.FRAME_SIZE_ERROR),
+        ("GOAWAY of 7 bytes", b"\x00\x00\x07\x07\x00\x00\x00\x00\x00" + bytes(7), ErrorCodes.FRAME_SIZE_ERROR),
+    ]
+
+    def test_a_broken_frame_ends_the_connection_with_goaway_and_fails_its_streams(self):
+        for name, frame, code in self.BROKEN:
+            self.connect()
+            self.exchange()
+            handler = self.request()
+            self.exchange()
+            self.protocol.dataReceived(frame)
+            self.assertEqual(handler.outcomes[0][:2], ("failed", LOST), name)
+            self.assertIn("HTTP/2 protocol error", handler.outcomes[0][2], name)
+            [goaway] = [e for e in self.exchange() if isinstance(e, ConnectionTerminated)]
+            self.assertEqual(goaway.error_code, code, name)
+            self.assertTrue(self.transport.disconnecting, name)
+            self.assertEqual(self.protocol.available_streams(), 0, name)
+            self.protocol.dataReceived(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + bytes(8))
+            self.assertEqual(self.transport.value(), b"", name)  # nothing more is read
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(self.listener.closed, [handler.outcomes[0][2]], name)
+
+    def test_a_connection_that_does_not_close_is_dropped_after_ping_timeout(self):
+        self.connect()
+        self.protocol.dataReceived(b"\x00\x00\x00\x06\x00\x00\x00\x00\x00")  # a PING of no bytes
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected)  # the GOAWAY goes out first
+        self.clock.advance(20)
+        self.assertTrue(self.transport.disconnected)  # the peer never took it
 
 
 class LiteralEncoderTests(TestCase):
