@@ -70,6 +70,12 @@ def frame_types(data: bytes) -> List[str]:
              8: "WINDOW_UPDATE", 9: "CONTINUATION"}.get(t, str(t)) for t in types]
 
 
+def raw(kind: int, payload: bytes = b"", flags: int = 0, stream_id: int = 0, length: int = -1) -> bytes:
+    """A frame made by hand, of ``length`` if it must lie about its payload's."""
+    size = len(payload) if length < 0 else length
+    return size.to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
 class H2PeerCase(TestCase):
     """The client against h2's server side: an HTTP/2 implementation of its own."""
 
@@ -422,38 +428,29 @@ class FramingTests(H2PeerCase):
         self.assertEqual(self.listener.goaway, ["server sent GOAWAY (NO_ERROR maintenance)"])
         self.assertTrue(self.transport.disconnecting)
 
-    #: frames a server must not send, what each must cost: (name, frame, GOAWAY's error code)
+    #: frames a server must not send, and the error of the GOAWAY each must get
     BROKEN = [
-        ("frame larger than allowed", b"\x00\x40\x01\x00\x00\x00\x00\x00\x01" + b"x" * 16385,
+        ("frame larger than allowed", raw(0x0, b"x" * 16385, stream_id=1), ErrorCodes.FRAME_SIZE_ERROR),
+        ("frame header alone, announcing too much", raw(0x0, length=1 << 16, stream_id=1),
          ErrorCodes.FRAME_SIZE_ERROR),
-        ("frame header alone, announcing too much", b"\x01\x00\x00\x00\x00\x00\x00\x00\x01",
-         ErrorCodes.FRAME_SIZE_ERROR),
-        ("WINDOW_UPDATE of 3 bytes", b"\x00\x00\x03\x08\x00\x00\x00\x00\x00\x00\x00\x01",
-         ErrorCodes.FRAME_SIZE_ERROR),
-        ("WINDOW_UPDATE of 0", b"\x00\x00\x04\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00",
-         ErrorCodes.PROTOCOL_ERROR),
-        ("PING of 7 bytes", b"\x00\x00\x07\x06\x00\x00\x00\x00\x00" + b"1234567", ErrorCodes.FRAME_SIZE_ERROR),
-        ("SETTINGS of 5 bytes", b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00\x03\x00\x00\x00",
-         ErrorCodes.FRAME_SIZE_ERROR),
-        ("SETTINGS_ENABLE_PUSH 1", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x02\x00\x00\x00\x01",
-         ErrorCodes.PROTOCOL_ERROR),
-        ("SETTINGS_MAX_FRAME_SIZE 100", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x05\x00\x00\x00\x64",
-         ErrorCodes.PROTOCOL_ERROR),
-        ("SETTINGS_INITIAL_WINDOW_SIZE 2**31", b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x80\x00\x00\x00",
+        ("WINDOW_UPDATE of 3 bytes", raw(0x8, b"\x00\x00\x01"), ErrorCodes.FRAME_SIZE_ERROR),
+        ("WINDOW_UPDATE of 0", raw(0x8, bytes(4)), ErrorCodes.PROTOCOL_ERROR),
+        ("PING of 7 bytes", raw(0x6, b"1234567"), ErrorCodes.FRAME_SIZE_ERROR),
+        ("SETTINGS of 5 bytes", raw(0x4, b"\x00\x03\x00\x00\x00"), ErrorCodes.FRAME_SIZE_ERROR),
+        ("SETTINGS_ENABLE_PUSH 1", raw(0x4, b"\x00\x02\x00\x00\x00\x01"), ErrorCodes.PROTOCOL_ERROR),
+        ("SETTINGS_MAX_FRAME_SIZE 100", raw(0x4, b"\x00\x05\x00\x00\x00\x64"), ErrorCodes.PROTOCOL_ERROR),
+        ("SETTINGS_INITIAL_WINDOW_SIZE 2**31", raw(0x4, b"\x00\x04\x80\x00\x00\x00"),
          ErrorCodes.FLOW_CONTROL_ERROR),
-        ("DATA on stream 0", b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x", ErrorCodes.PROTOCOL_ERROR),
-        ("HEADERS on a server stream", b"\x00\x00\x01\x01\x05\x00\x00\x00\x02\x88", ErrorCodes.PROTOCOL_ERROR),
-        ("HEADERS on a stream never opened", b"\x00\x00\x01\x01\x05\x00\x00\x00\x63\x88",
-         ErrorCodes.PROTOCOL_ERROR),
-        ("HEADERS that HPACK cannot decode", b"\x00\x00\x01\x01\x05\x00\x00\x00\x01\x80",
-         ErrorCodes.COMPRESSION_ERROR),
-        ("DATA padded beyond its length", b"\x00\x00\x03\x00\x09\x00\x00\x00\x01\x05xy", ErrorCodes.PROTOCOL_ERROR),
-        ("CONTINUATION of nothing", b"\x00\x00\x01\x09\x04\x00\x00\x00\x01\x88", ErrorCodes.PROTOCOL_ERROR),
-        ("HEADERS not continued", b"\x00\x00\x01\x01\x00\x00\x00\x00\x01\x88"
-         b"\x00\x00\x00\x06\x00\x00\x00\x00\x00", ErrorCodes.PROTOCOL_ERROR),
-        ("PUSH_PROMISE", b"\x00\x00\x05\x05\x04\x00\x00\x00\x01\x00\x00\x00\x02\x82", ErrorCodes.PROTOCOL_ERROR),
-        ("RST_STREAM of 3 bytes", b"\x00\x00\x03\x03\x00\x00\x00\x00\x01\x00\x00\x00", ErrorCodes.FRAME_SIZE_ERROR),
-        ("GOAWAY of 7 bytes", b"\x00\x00\x07\x07\x00\x00\x00\x00\x00" + bytes(7), ErrorCodes.FRAME_SIZE_ERROR),
+        ("DATA on stream 0", raw(0x0, b"x"), ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS on a server stream", raw(0x1, b"\x88", flags=0x5, stream_id=2), ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS on a stream never opened", raw(0x1, b"\x88", flags=0x5, stream_id=99), ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS that HPACK cannot decode", raw(0x1, b"\x80", flags=0x5, stream_id=1), ErrorCodes.COMPRESSION_ERROR),
+        ("DATA padded beyond its length", raw(0x0, b"\x05xy", flags=0x9, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
+        ("CONTINUATION of nothing", raw(0x9, b"\x88", flags=0x4, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS not continued", raw(0x1, b"\x88", stream_id=1) + raw(0x6, bytes(8)), ErrorCodes.PROTOCOL_ERROR),
+        ("PUSH_PROMISE", raw(0x5, b"\x00\x00\x00\x02\x82", flags=0x4, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
+        ("RST_STREAM of 3 bytes", raw(0x3, bytes(3), stream_id=1), ErrorCodes.FRAME_SIZE_ERROR),
+        ("GOAWAY of 7 bytes", raw(0x7, bytes(7)), ErrorCodes.FRAME_SIZE_ERROR),
     ]
 
     def test_a_broken_frame_ends_the_connection_with_goaway_and_fails_its_streams(self):
@@ -469,14 +466,14 @@ class FramingTests(H2PeerCase):
             self.assertEqual(goaway.error_code, code, name)
             self.assertTrue(self.transport.disconnecting, name)
             self.assertEqual(self.protocol.available_streams(), 0, name)
-            self.protocol.dataReceived(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + bytes(8))
-            self.assertEqual(self.transport.value(), b"", name)  # nothing more is read
+            self.protocol.dataReceived(raw(0x6, bytes(8)))
+            self.assertEqual(self.transport.value(), b"", name)  # nothing more is read (no PING answered)
             self.protocol.connectionLost(Failure(ConnectionDone()))
             self.assertEqual(self.listener.closed, [handler.outcomes[0][2]], name)
 
     def test_a_connection_that_does_not_close_is_dropped_after_ping_timeout(self):
         self.connect()
-        self.protocol.dataReceived(b"\x00\x00\x00\x06\x00\x00\x00\x00\x00")  # a PING of no bytes
+        self.protocol.dataReceived(raw(0x6))  # a PING of no bytes
         self.assertTrue(self.transport.disconnecting)
         self.assertFalse(self.transport.disconnected)  # the GOAWAY goes out first
         self.clock.advance(20)
