@@ -448,6 +448,8 @@ class FramingTests(H2PeerCase):
         ("DATA padded beyond its length", raw(0x0, b"\x05xy", flags=0x9, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
         ("CONTINUATION of nothing", raw(0x9, b"\x88", flags=0x4, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
         ("HEADERS not continued", raw(0x1, b"\x88", stream_id=1) + raw(0x6, bytes(8)), ErrorCodes.PROTOCOL_ERROR),
+        ("header block continued without end", raw(0x1, b"\x88", stream_id=1) + raw(0x9, bytes(16000), stream_id=1) * 5,
+         ErrorCodes.ENHANCE_YOUR_CALM),
         ("PUSH_PROMISE", raw(0x5, b"\x00\x00\x00\x02\x82", flags=0x4, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
         ("RST_STREAM of 3 bytes", raw(0x3, bytes(3), stream_id=1), ErrorCodes.FRAME_SIZE_ERROR),
         ("GOAWAY of 7 bytes", raw(0x7, bytes(7)), ErrorCodes.FRAME_SIZE_ERROR),

@@ -35,9 +35,11 @@ An idle connection is PINGed after ``ping_interval`` seconds and dropped when
 the ACK does not come within ``ping_timeout``.
 
 A peer that breaks HTTP/2 (a frame larger than we allow, a malformed frame, a
-header block that cannot be decoded, flow control overrun) gets GOAWAY with
-the error, and the connection's open streams are reported at once.
+header block that cannot be decoded, a window pushed past its limit) gets
+GOAWAY with the error, and the connection's open streams are reported at
+once, LOST.
 """
+
 from __future__ import annotations
 
 import logging
