@@ -360,6 +360,22 @@ class FramingTests(H2PeerCase):
         self.assertEqual(handlers[2].outcomes, [("response", 200, {"x-first": "one", "x-second": "two"}, b"")])
         self.assertEqual(frame_types(self.transport.value()), ["RST_STREAM"])
 
+    def test_the_peers_header_table_followed_while_it_evicts(self):
+        # each answer adds a header of its own to the server's table, which
+        # soon evicts the oldest: hundreds of answers, read in batches
+        self.connect(max_streams=1000)
+        handlers = [self.request() for _ in range(300)]
+        self.exchange()
+        for n, stream_id in enumerate(range(1, 600, 2)):
+            self.server.send_headers(stream_id, [(":status", "200"), ("apns-id", f"{n:036d}"), ("x-same", "s")],
+                                     end_stream=True)
+            if n % 7 == 6:
+                self.protocol.dataReceived(self.server.data_to_send())
+        self.protocol.dataReceived(self.server.data_to_send())
+        self.assertLess(len(self.server.encoder.header_table.dynamic_entries), 100)
+        self.assertEqual([h.outcomes for h in handlers],
+                         [[("response", 200, {"apns-id": f"{n:036d}", "x-same": "s"}, b"")] for n in range(300)])
+
     def test_informational_answers_and_trailers_are_not_the_response(self):
         self.connect()
         handler = self.request()
