@@ -55,6 +55,7 @@ LARGEST_WINDOW = 2 ** 31 - 1
 #: frame header: length (24 bits) and type as one word, flags, stream id
 #: (its reserved top bit masked by the reader)
 FRAME_HEAD = struct.Struct(">LBL")
+#: ``frame_head(length << 8 | type, flags, stream_id)``: a frame's 9 first bytes
 frame_head = FRAME_HEAD.pack
 SETTING = struct.Struct(">HL")
 TWO_WORDS = struct.Struct(">LL")

@@ -77,15 +77,15 @@ MAX_STREAMS = 1000
 LAST_STREAM_ID = 2 ** 31 - 1 - 2 * MAX_STREAMS
 #: the largest header list (and so header block) taken from the peer
 MAX_HEADER_LIST = 65536
-#: what the client says in its SETTINGS: no server push; the rest is what
-#: it expects anyway (RFC 9113 defaults), said so the peer need not guess
+#: what the client says in its SETTINGS: no server push (so the server opens
+#: no stream: its stream limit is moot); the rest are RFC 9113's defaults,
+#: said so the peer need not assume them
 CLIENT_SETTINGS = {ENABLE_PUSH: 0, MAX_CONCURRENT_STREAMS: 100, INITIAL_WINDOW_SIZE: DEFAULT_WINDOW,
                    MAX_FRAME_SIZE: DEFAULT_MAX_FRAME, MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST}
 #: received bytes are given back (WINDOW_UPDATE) once half a window is used
 GIVE_BACK = DEFAULT_WINDOW // 2
 
 _unpack_head = FRAME_HEAD.unpack_from
-_pack_head = frame_head
 _PROTOCOL_ERROR = int(ErrorCodes.PROTOCOL_ERROR)
 _FLOW_CONTROL_ERROR = int(ErrorCodes.FLOW_CONTROL_ERROR)
 _FRAME_SIZE_ERROR = int(ErrorCodes.FRAME_SIZE_ERROR)
@@ -292,11 +292,11 @@ class H2ClientProtocol(Protocol):
         if len(block) > self._max_frame:
             output += header_frames(stream_id, block, not size, self._max_frame)
         else:
-            output += (_pack_head(len(block) << 8 | HEADERS, END_HEADERS if size else END_HEADERS | END_STREAM,
+            output += (frame_head(len(block) << 8 | HEADERS, END_HEADERS if size else END_HEADERS | END_STREAM,
                                   stream_id), block)
         if size <= self._send_window and size <= stream.window and size <= self._max_frame:
             if size:  # the whole body in one DATA frame: what nearly every push is
-                output += (_pack_head(size << 8 | DATA, END_STREAM, stream_id), body)
+                output += (frame_head(size << 8 | DATA, END_STREAM, stream_id), body)
                 stream.sent = size
                 stream.window -= size
                 self._send_window -= size
@@ -633,7 +633,7 @@ class H2ClientProtocol(Protocol):
             stream.sent = start + size
             stream.window -= size
             self._send_window -= size
-            output += (_pack_head(size << 8 | DATA, END_STREAM if size == unsent else 0, stream_id),
+            output += (frame_head(size << 8 | DATA, END_STREAM if size == unsent else 0, stream_id),
                        body[start:start + size])
         self._blocked.discard(stream_id)
 
