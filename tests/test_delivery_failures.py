@@ -125,7 +125,7 @@ class StreamIdTests(Setup, unittest.TestCase):
     def test_pushes_delivered_when_ids_run_out(self):
         self.start()
         for connection in self.network.ready_connections:
-            connection.protocol.conn.highest_outbound_stream_id = 2 ** 31 - 5
+            connection.protocol.highest_outbound_stream_id = 2 ** 31 - 5
         made = len(self.network.connections)
         sends = [self.send(f"push-{n}") for n in range(10)]
         advance_until(self.clock, lambda: all(d.called for d in sends), 5)
@@ -215,3 +215,24 @@ class RefusedStreamTests(Setup, unittest.TestCase):
         result = self.successResultOf(answered)
         self.assertEqual(result.code, 503)
         self.assertIn("REFUSED_STREAM", result.reason)
+
+
+class BrokenPeerTests(Setup, unittest.TestCase):
+    """9. A peer that breaks HTTP/2 gets GOAWAY; its pushes go out again at once on another connection."""
+
+    def test_pushes_of_a_connection_ended_for_a_broken_frame_delivered_elsewhere(self):
+        def broken(connection, headers):
+            # a WINDOW_UPDATE of 3 bytes instead of an answer
+            connection.carry(connection.protocol.dataReceived, b"\x00\x00\x03\x08\x00\x00\x00\x00\x00\x00\x00\x01")
+            return None
+        self.start(behaviours=(Behaviour(answer=broken),))
+        sends = [self.send(f"push-{n}") for n in range(4)]
+        took = advance_until(self.clock, lambda: all(d.called for d in sends), 5)
+        self.assertEqual([self.successResultOf(d).code for d in sends], [200] * 4)
+        self.assertLess(took, 0.1)
+        self.assertEqual(sorted(self.network.deliveries.values()), [1] * 4)
+        first = self.network.connections[0]
+        self.assertGreater(first.received, 0)
+        self.assertEqual((first.answered, first.open), (0, False))  # it got GOAWAY and was closed
+        self.assertEqual(self.client.status()["in_flight"], 0)
+        self.assertEqual(self.send_and_wait("later").code, 200)

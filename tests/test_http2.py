@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import DataReceived, PingReceived, RequestReceived, StreamEnded
+from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, PingReceived, RequestReceived,
+                       SettingsAcknowledged, StreamEnded)
 from h2.settings import SettingCodes, Settings
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame, PingFrame
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -17,7 +18,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from sylkpush.pns.http2 import LOST, REFUSED, RESET, UNPROCESSED, H2ClientProtocol, LiteralEncoder
+from sylkpush.pns.h2frames import LiteralEncoder
+from sylkpush.pns.http2 import LOST, REFUSED, RESET, UNPROCESSED, H2ClientProtocol
 
 HEADERS = [(":method", "POST"), (":scheme", "https"), (":authority", "apns.test"),
            (":path", "/3/device/00")]
@@ -57,19 +59,38 @@ class Handler:
         self.outcomes.append(("failed", kind, reason))
 
 
-class H2ClientProtocolTests(TestCase):
-    def connect(self, max_streams: int = 100, window: int = 65535) -> None:
+def frame_types(data: bytes) -> List[str]:
+    """The types of the frames in ``data``, in order (hyperframe reads them)."""
+    types = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        types.append(frame.type)
+        data = data[9 + length:]
+    return [{0: "DATA", 1: "HEADERS", 3: "RST_STREAM", 4: "SETTINGS", 6: "PING", 7: "GOAWAY",
+             8: "WINDOW_UPDATE", 9: "CONTINUATION"}.get(t, str(t)) for t in types]
+
+
+def raw(kind: int, payload: bytes = b"", flags: int = 0, stream_id: int = 0, length: int = -1) -> bytes:
+    """A frame made by hand, of ``length`` if it must lie about its payload's."""
+    size = len(payload) if length < 0 else length
+    return size.to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+class H2PeerCase(TestCase):
+    """The client against h2's server side: an HTTP/2 implementation of its own."""
+
+    def connect(self, max_streams: int = 100, window: int = 65535, **settings: int) -> None:
         self.clock = Clock()
         self.listener = Listener()
         self.protocol = H2ClientProtocol(self.listener, self.clock, ping_interval=60, ping_timeout=20)
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 2197))
         self.protocol.makeConnection(self.transport)
         self.server = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
-        self.server.local_settings = Settings(client=False, initial_values={
-            SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
-            SettingCodes.INITIAL_WINDOW_SIZE: window})
+        values = {SettingCodes.MAX_CONCURRENT_STREAMS: max_streams, SettingCodes.INITIAL_WINDOW_SIZE: window}
+        values.update({SettingCodes[name.upper()]: value for name, value in settings.items()})
+        self.server.local_settings = Settings(client=False, initial_values=values)
         self.server.initiate_connection()
-        self.exchange()
+        self.server_events = self.exchange()
 
     def exchange(self) -> list:
         """Carry bytes both ways once; the server's events."""
@@ -81,9 +102,9 @@ class H2ClientProtocolTests(TestCase):
             self.protocol.dataReceived(reply)
         return events
 
-    def request(self, body: bytes = b"{}") -> Handler:
+    def request(self, body: bytes = b"{}", headers: List[Tuple[str, str]] = HEADERS) -> Handler:
         handler = Handler()
-        self.protocol.request(HEADERS, body, handler)
+        self.protocol.request(headers, body, handler)
         self.protocol.flush()
         return handler
 
@@ -93,6 +114,8 @@ class H2ClientProtocolTests(TestCase):
         if body:
             self.server.send_data(stream_id, body, end_stream=True)
 
+
+class H2ClientProtocolTests(H2PeerCase):
     def test_ready_after_the_peer_settings(self):
         self.connect(max_streams=3)
         self.assertEqual(self.listener.ready, [self.protocol])
@@ -224,6 +247,255 @@ class H2ClientProtocolTests(TestCase):
         self.request()
         [event] = [e for e in self.exchange() if isinstance(e, RequestReceived)]
         self.assertEqual(event.headers, HEADERS)
+
+
+class FramingTests(H2PeerCase):
+    """What the client's own framing must get right, each against h2's server side."""
+
+    def body_received(self, events: list) -> bytes:
+        return b"".join(e.data for e in events if isinstance(e, DataReceived))
+
+    def test_settings_said_and_acknowledged(self):
+        self.connect()
+        self.assertEqual(self.server.remote_settings.enable_push, 0)
+        self.assertEqual(self.server.remote_settings.initial_window_size, 65535)
+        self.assertTrue([e for e in self.exchange() if isinstance(e, SettingsAcknowledged)])
+
+    def test_bodies_wait_for_the_connection_window(self):
+        # streams may take a megabyte each, the connection 65535 bytes until
+        # the server reads them: the third body and the small fourth wait
+        # for the WINDOW_UPDATE
+        self.connect(window=1 << 20)
+        bodies = [bytes([n]) * 30000 for n in range(3)] + [b"small"]
+        handlers = [self.request(body) for body in bodies]
+        events = self.exchange()
+        self.assertEqual(len(self.body_received(events)), 65535)
+        self.assertLessEqual(max(len(e.data) for e in events if isinstance(e, DataReceived)), 16384)
+        for event in events:
+            if isinstance(event, DataReceived):
+                self.server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        self.exchange()  # the WINDOW_UPDATE reaches the client, which sends the rest
+        events += self.exchange()
+        received = {stream_id: b"".join(e.data for e in events if isinstance(e, DataReceived)
+                                        and e.stream_id == stream_id) for stream_id in (1, 3, 5, 7)}
+        self.assertEqual(received, {1: bodies[0], 3: bodies[1], 5: bodies[2], 7: bodies[3]})
+        self.assertEqual(sorted(e.stream_id for e in events if isinstance(e, StreamEnded)), [1, 3, 5, 7])
+        self.assertEqual([h.outcomes for h in handlers], [[], [], [], []])
+
+    def test_a_bigger_initial_window_of_the_peer_releases_a_waiting_body(self):
+        self.connect(window=100)
+        body = bytes(range(250)) * 4
+        self.request(body)
+        self.assertEqual(self.body_received(self.exchange()), body[:100])
+        self.server.update_settings({SettingCodes.INITIAL_WINDOW_SIZE: 5000})
+        self.exchange()  # the new SETTINGS: the open stream's window grows by 4900
+        events = self.exchange()
+        self.assertTrue([e for e in events if isinstance(e, SettingsAcknowledged)])
+        self.assertEqual(self.body_received(events), body[100:])
+        self.assertTrue([e for e in events if isinstance(e, StreamEnded)])
+
+    def test_the_peers_larger_frames_are_used(self):
+        self.connect(window=1 << 20)
+        self.server.update_settings({SettingCodes.MAX_FRAME_SIZE: 40000})
+        self.exchange()
+        self.exchange()  # h2 takes larger frames once the client acknowledged its SETTINGS
+        self.request(b"x" * 40000)
+        [data] = [e for e in self.exchange() if isinstance(e, DataReceived)]
+        self.assertEqual(len(data.data), 40000)
+
+    def test_a_long_header_block_goes_on_in_continuation_frames(self):
+        self.connect()
+        headers = HEADERS + [("x-long", "v" * 40000)]
+        self.request(b"{}", headers=headers)
+        self.assertEqual(frame_types(self.transport.value())[-4:], ["HEADERS", "CONTINUATION", "CONTINUATION",
+                                                                    "DATA"])
+        [event] = [e for e in self.exchange() if isinstance(e, RequestReceived)]
+        self.assertEqual(event.headers, headers)
+
+    def test_a_response_header_block_in_continuation_frames(self):
+        self.connect()
+        handler = self.request()
+        self.exchange()
+        self.server.send_headers(1, [(":status", "200"), ("x-long", "v" * 20000)], end_stream=True)
+        reply = self.server.data_to_send()
+        self.assertEqual(frame_types(reply), ["HEADERS", "CONTINUATION"])
+        self.protocol.dataReceived(reply[:5000])  # and in pieces
+        self.protocol.dataReceived(reply[5000:])
+        self.assertEqual(handler.outcomes, [("response", 200, {"x-long": "v" * 20000}, b"")])
+
+    def test_padded_and_prioritised_frames_from_the_peer(self):
+        self.connect()
+        first, second = self.request(), self.request()
+        self.exchange()
+        # a HEADERS frame with padding and a priority, made by hand with the
+        # server's own encoder (h2 pads only DATA)
+        frame = HeadersFrame(1, flags=["END_HEADERS", "END_STREAM", "PADDED", "PRIORITY"])
+        frame.pad_length = 30
+        frame.depends_on, frame.stream_weight = 0, 15
+        frame.data = self.server.encoder.encode([(":status", "410"), ("apns-id", "padded")])
+        self.protocol.dataReceived(frame.serialize())
+        self.server.send_headers(3, [(":status", "200"), ("apns-id", "padded")])
+        self.server.send_data(3, b'{"padded": true}', end_stream=True, pad_length=100)
+        self.exchange()
+        self.assertEqual(first.outcomes, [("response", 410, {"apns-id": "padded"}, b"")])
+        self.assertEqual(second.outcomes, [("response", 200, {"apns-id": "padded"}, b'{"padded": true}')])
+
+    def test_the_peers_header_table_is_followed_through_every_block(self):
+        # the server indexes what it sends, and later blocks refer to it; the
+        # block of a stream the client cancelled must be read all the same
+        self.connect()
+        handlers = [self.request() for _ in range(3)]  # streams 1, 3, 5
+        self.exchange()
+        self.protocol.cancel(3)  # its RST_STREAM reaches the server after the answer
+        self.server.send_headers(1, [(":status", "200"), ("x-first", "one")], end_stream=True)
+        self.server.send_headers(3, [(":status", "200"), ("x-second", "two")], end_stream=True)
+        self.protocol.dataReceived(self.server.data_to_send())
+        self.server.send_headers(5, [(":status", "200"), ("x-first", "one"), ("x-second", "two")],
+                                 end_stream=True)
+        block = self.server.data_to_send()
+        self.assertLess(len(block), 9 + 4)  # three references to indexed headers
+        self.protocol.dataReceived(block)
+        self.assertEqual(handlers[0].outcomes, [("response", 200, {"x-first": "one"}, b"")])
+        self.assertEqual(handlers[1].outcomes, [])
+        self.assertEqual(handlers[2].outcomes, [("response", 200, {"x-first": "one", "x-second": "two"}, b"")])
+        self.assertEqual(frame_types(self.transport.value()), ["RST_STREAM"])
+
+    def test_the_peers_header_table_followed_while_it_evicts(self):
+        # each answer adds a header of its own to the server's table, which
+        # soon evicts the oldest: hundreds of answers, read in batches
+        self.connect(max_streams=1000)
+        handlers = [self.request() for _ in range(300)]
+        self.exchange()
+        for n, stream_id in enumerate(range(1, 600, 2)):
+            self.server.send_headers(stream_id, [(":status", "200"), ("apns-id", f"{n:036d}"), ("x-same", "s")],
+                                     end_stream=True)
+            if n % 7 == 6:
+                self.protocol.dataReceived(self.server.data_to_send())
+        self.protocol.dataReceived(self.server.data_to_send())
+        self.assertLess(len(self.server.encoder.header_table.dynamic_entries), 100)
+        self.assertEqual([h.outcomes for h in handlers],
+                         [[("response", 200, {"apns-id": f"{n:036d}", "x-same": "s"}, b"")] for n in range(300)])
+
+    def test_informational_answers_and_trailers_are_not_the_response(self):
+        self.connect()
+        handler = self.request()
+        self.exchange()
+        self.server.send_headers(1, [(":status", "100")])
+        self.server.send_headers(1, [(":status", "200"), ("apns-id", "a")])
+        self.server.send_data(1, b"body")
+        self.server.send_headers(1, [("x-trailer", "t")], end_stream=True)
+        self.exchange()
+        self.assertEqual(handler.outcomes, [("response", 200, {"apns-id": "a"}, b"body")])
+
+    def test_a_long_response_body_is_given_window_back(self):
+        self.connect()
+        handler = self.request()
+        self.exchange()
+        body = bytes(range(256)) * 800  # 204800 bytes: three times the first windows
+        self.server.send_headers(1, [(":status", "200")])
+        sent = 0
+        for _ in range(100):
+            size = min(self.server.local_flow_control_window(1), self.server.max_outbound_frame_size,
+                       len(body) - sent)
+            if size:
+                self.server.send_data(1, body[sent:sent + size], end_stream=sent + size == len(body))
+                sent += size
+            self.exchange()
+            if handler.outcomes:
+                break
+        self.assertEqual(handler.outcomes, [("response", 200, {}, body)])
+
+    def test_a_table_size_of_the_peer_is_acknowledged_in_the_next_block(self):
+        self.connect(header_table_size=0)
+        self.exchange()  # the client's ACK: the server's decoder now allows no table
+        self.request()
+        [event] = [e for e in self.exchange() if isinstance(e, RequestReceived)]
+        self.assertEqual(event.headers, HEADERS)
+        self.assertEqual(self.server.decoder.header_table.maxsize, 0)
+
+    def test_ping_of_the_peer_answered(self):
+        self.connect()
+        self.server.ping(b"12345678")
+        self.exchange()
+        [ack] = [e for e in self.exchange() if isinstance(e, PingAckReceived)]
+        self.assertEqual(ack.ping_data, b"12345678")
+
+    def test_an_ack_with_other_data_does_not_answer_our_ping(self):
+        self.connect()
+        self.clock.advance(60)
+        ping = bytes(self.transport.value()[-8:])
+        self.transport.clear()  # the PING never reaches the server
+        wrong = PingFrame(0, flags=["ACK"])
+        wrong.opaque_data = bytes(b ^ 0xFF for b in ping)
+        self.protocol.dataReceived(wrong.serialize())
+        self.clock.advance(20)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_goaway_with_debug_data_from_h2(self):
+        self.connect()
+        first, second = self.request(), self.request()
+        self.exchange()
+        self.respond(1, 200)
+        self.server.close_connection(error_code=ErrorCodes.NO_ERROR, last_stream_id=1,
+                                     additional_data=b"maintenance")
+        self.exchange()
+        self.assertEqual(first.outcomes[0][:2], ("response", 200))
+        self.assertEqual(second.outcomes[0][:2], ("failed", UNPROCESSED))
+        self.assertEqual(self.listener.goaway, ["server sent GOAWAY (NO_ERROR maintenance)"])
+        self.assertTrue(self.transport.disconnecting)
+
+    #: frames a server must not send, and the error of the GOAWAY each must get
+    BROKEN = [
+        ("frame larger than allowed", raw(0x0, b"x" * 16385, stream_id=1), ErrorCodes.FRAME_SIZE_ERROR),
+        ("frame header alone, announcing too much", raw(0x0, length=1 << 16, stream_id=1),
+         ErrorCodes.FRAME_SIZE_ERROR),
+        ("WINDOW_UPDATE of 3 bytes", raw(0x8, b"\x00\x00\x01"), ErrorCodes.FRAME_SIZE_ERROR),
+        ("WINDOW_UPDATE of 0", raw(0x8, bytes(4)), ErrorCodes.PROTOCOL_ERROR),
+        ("PING of 7 bytes", raw(0x6, b"1234567"), ErrorCodes.FRAME_SIZE_ERROR),
+        ("SETTINGS of 5 bytes", raw(0x4, b"\x00\x03\x00\x00\x00"), ErrorCodes.FRAME_SIZE_ERROR),
+        ("SETTINGS_ENABLE_PUSH 1", raw(0x4, b"\x00\x02\x00\x00\x00\x01"), ErrorCodes.PROTOCOL_ERROR),
+        ("SETTINGS_MAX_FRAME_SIZE 100", raw(0x4, b"\x00\x05\x00\x00\x00\x64"), ErrorCodes.PROTOCOL_ERROR),
+        ("SETTINGS_INITIAL_WINDOW_SIZE 2**31", raw(0x4, b"\x00\x04\x80\x00\x00\x00"),
+         ErrorCodes.FLOW_CONTROL_ERROR),
+        ("DATA on stream 0", raw(0x0, b"x"), ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS on a server stream", raw(0x1, b"\x88", flags=0x5, stream_id=2), ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS on a stream never opened", raw(0x1, b"\x88", flags=0x5, stream_id=99), ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS that HPACK cannot decode", raw(0x1, b"\x80", flags=0x5, stream_id=1), ErrorCodes.COMPRESSION_ERROR),
+        ("DATA padded beyond its length", raw(0x0, b"\x05xy", flags=0x9, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
+        ("CONTINUATION of nothing", raw(0x9, b"\x88", flags=0x4, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
+        ("HEADERS not continued", raw(0x1, b"\x88", stream_id=1) + raw(0x6, bytes(8)), ErrorCodes.PROTOCOL_ERROR),
+        ("header block continued without end", raw(0x1, b"\x88", stream_id=1) + raw(0x9, bytes(16000), stream_id=1) * 5,
+         ErrorCodes.ENHANCE_YOUR_CALM),
+        ("PUSH_PROMISE", raw(0x5, b"\x00\x00\x00\x02\x82", flags=0x4, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
+        ("RST_STREAM of 3 bytes", raw(0x3, bytes(3), stream_id=1), ErrorCodes.FRAME_SIZE_ERROR),
+        ("GOAWAY of 7 bytes", raw(0x7, bytes(7)), ErrorCodes.FRAME_SIZE_ERROR),
+    ]
+
+    def test_a_broken_frame_ends_the_connection_with_goaway_and_fails_its_streams(self):
+        for name, frame, code in self.BROKEN:
+            self.connect()
+            self.exchange()
+            handler = self.request()
+            self.exchange()
+            self.protocol.dataReceived(frame)
+            self.assertEqual(handler.outcomes[0][:2], ("failed", LOST), name)
+            self.assertIn("HTTP/2 protocol error", handler.outcomes[0][2], name)
+            [goaway] = [e for e in self.exchange() if isinstance(e, ConnectionTerminated)]
+            self.assertEqual(goaway.error_code, code, name)
+            self.assertTrue(self.transport.disconnecting, name)
+            self.assertEqual(self.protocol.available_streams(), 0, name)
+            self.protocol.dataReceived(raw(0x6, bytes(8)))
+            self.assertEqual(self.transport.value(), b"", name)  # nothing more is read (no PING answered)
+            self.protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(self.listener.closed, [handler.outcomes[0][2]], name)
+
+    def test_a_connection_that_does_not_close_is_dropped_after_ping_timeout(self):
+        self.connect()
+        self.protocol.dataReceived(raw(0x6))  # a PING of no bytes
+        self.assertTrue(self.transport.disconnecting)
+        self.assertFalse(self.transport.disconnected)  # the GOAWAY goes out first
+        self.clock.advance(20)
+        self.assertTrue(self.transport.disconnected)  # the peer never took it
 
 
 class LiteralEncoderTests(TestCase):

@@ -166,7 +166,7 @@ class HpackTraceSecretsTests(RealClientSecretsTests):
     @defer.inlineCallbacks
     def test_no_secret_in_any_line(self):
         yield super().test_no_secret_in_any_line()
-        # the daemon's encoder (sylkpush.pns.http2.LiteralEncoder) writes no trace; the fakes' decoders do
+        # the daemon's encoder (sylkpush.pns.h2frames.LiteralEncoder) writes no trace; the fakes' decoders do
         self.assertRegex(self.text, r"DEBUG hpack\.hpack: Decoded \(b'authorization', (b')?<redacted>")
         self.assertNotIn("Encoded header block", self.text)
         self.assertNotIn("Decoding b", self.text)

@@ -1,9 +1,11 @@
-"""A thin HTTP/2 client protocol on the ``h2`` package: bytes in, events out.
+"""A lean HTTP/2 client protocol: bytes in, outcomes of requests out.
 
-:class:`H2ClientProtocol` owns frames, stream ids, flow control, PING and the
-mapping of each response to the request that opened its stream.  It decides
-nothing about retries or reconnecting: it tells its listener (the connection
-manager, e.g. :class:`sylkpush.pns.apple.AppleClient`) what happened.
+:class:`H2ClientProtocol` owns frames (written and read here with the
+layouts of :mod:`sylkpush.pns.h2frames`; header blocks decoded by
+``hpack``), stream ids, flow control, PING and the mapping of each response
+to the request that opened its stream.  It decides nothing about retries or
+reconnecting: it tells its listener (the connection manager, e.g.
+:class:`sylkpush.pns.apple.AppleClient`) what happened.
 
 Listener methods: ``connection_ready(protocol)`` (TLS done, ALPN h2, the
 peer's first SETTINGS received), ``streams_available(protocol)`` (a stream
@@ -31,6 +33,11 @@ crashed host: no FIN, no RST) and is dropped, its streams reported LOST.
 While such a PING is out the connection is suspect and takes no new request.
 An idle connection is PINGed after ``ping_interval`` seconds and dropped when
 the ACK does not come within ``ping_timeout``.
+
+A peer that breaks HTTP/2 (a frame larger than we allow, a malformed frame, a
+header block that cannot be decoded, a window pushed past its limit) gets
+GOAWAY with the error, and the connection's open streams are reported at
+once, LOST.
 """
 
 from __future__ import annotations
@@ -39,20 +46,20 @@ import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import (ConnectionTerminated, DataReceived, PingAckReceived, RemoteSettingsChanged,
-                       ResponseReceived, StreamEnded, StreamReset, WindowUpdated)
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes
-from hpack import Encoder
-from hpack.table import HeaderTable
+from hpack import Decoder, HPACKError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from sylkpush.pns.h2frames import (
+    ACK, CONTINUATION, DATA, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, ENABLE_PUSH, END_HEADERS, END_STREAM, FRAME_HEAD,
+    GOAWAY, HEADER_TABLE_SIZE, HEADERS, INITIAL_WINDOW_SIZE, LARGEST_MAX_FRAME, LARGEST_WINDOW,
+    MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, PADDED, PING, PREFACE, PRIORITY_FLAG,
+    PUSH_PROMISE, RST_STREAM, SETTING, SETTINGS, SETTINGS_ACK, TWO_WORDS, WINDOW_UPDATE, WORD, H2ProtocolError,
+    LiteralEncoder, error_name, frame_head, goaway_frame, header_frames, ping_frame, rst_stream_frame,
+    settings_frame, window_update_frame)
 from sylkpush.transports import ITLSStreamTransport
 
 log = logging.getLogger(__name__)
@@ -63,156 +70,68 @@ RESET = "reset"
 LOST = "lost"
 
 #: streams open at once on one connection at most, whatever the peer allows
-#: (h2 assumes 2**32 when the peer says nothing)
+#: (the peer may say nothing: then it allows any number)
 MAX_STREAMS = 1000
 #: no stream is opened past this id: the connection is retired first (the
 #: last one a client may use is 2**31 - 1)
 LAST_STREAM_ID = 2 ** 31 - 1 - 2 * MAX_STREAMS
+#: the largest header list (and so header block) taken from the peer
+MAX_HEADER_LIST = 65536
+#: what the client says in its SETTINGS: no server push (so the server opens
+#: no stream: its stream limit is moot); the rest are RFC 9113's defaults,
+#: said so the peer need not assume them
+CLIENT_SETTINGS = {ENABLE_PUSH: 0, MAX_CONCURRENT_STREAMS: 100, INITIAL_WINDOW_SIZE: DEFAULT_WINDOW,
+                   MAX_FRAME_SIZE: DEFAULT_MAX_FRAME, MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST}
+#: received bytes are given back (WINDOW_UPDATE) once half a window is used
+GIVE_BACK = DEFAULT_WINDOW // 2
+
+_unpack_head = FRAME_HEAD.unpack_from
+_PROTOCOL_ERROR = int(ErrorCodes.PROTOCOL_ERROR)
+_FLOW_CONTROL_ERROR = int(ErrorCodes.FLOW_CONTROL_ERROR)
+_FRAME_SIZE_ERROR = int(ErrorCodes.FRAME_SIZE_ERROR)
+_COMPRESSION_ERROR = int(ErrorCodes.COMPRESSION_ERROR)
+_ENHANCE_YOUR_CALM = int(ErrorCodes.ENHANCE_YOUR_CALM)
+_REFUSED_STREAM = int(ErrorCodes.REFUSED_STREAM)
+_CANCEL = int(ErrorCodes.CANCEL)
 
 
 class _Stream:
-    __slots__ = ("handler", "body", "sent", "status", "headers", "data", "opened")
+    __slots__ = ("handler", "body", "sent", "window", "received", "status", "headers", "data", "opened")
 
-    def __init__(self, handler: Any, body: bytes, opened: float) -> None:
+    def __init__(self, handler: Any, body: bytes, opened: float, window: int) -> None:
         self.handler = handler
         self.opened = opened
-        self.body = memoryview(body)
+        self.body = body
         self.sent = 0
+        #: what the peer lets us send on this stream now
+        self.window = window
+        #: bytes received and not given back yet
+        self.received = 0
         self.status = 0
-        self.headers: Dict[str, str] = {}
-        self.data: List[bytes] = []
+        #: the response's headers; None until they come
+        self.headers: Optional[Dict[str, str]] = None
+        self.data: List[Any] = []
 
     @property
     def unsent(self) -> int:
         return len(self.body) - self.sent
 
 
-def _hpack_integer(value: int, prefix_bits: int, first: int) -> bytes:
-    """An HPACK integer (RFC 7541 §5.1) with ``first``'s flag bits in its first byte."""
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((first | value,))
-    encoded = [first | limit]
-    value -= limit
-    while value >= 128:
-        encoded.append((value & 0x7F) | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
+def _size_error(message: str) -> H2ProtocolError:
+    return H2ProtocolError(_FRAME_SIZE_ERROR, message)
 
 
-def _hpack_string(data: bytes) -> bytes:
-    """An HPACK string literal, not Huffman coded (RFC 7541 §5.2)."""
-    return _hpack_integer(len(data), 7, 0) + data
+def _broken(message: str) -> H2ProtocolError:
+    return H2ProtocolError(_PROTOCOL_ERROR, message)
 
 
-def _as_bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode("utf-8")
-
-
-#: static table entries: (name, value) -> index, and name -> its first index
-_STATIC = {entry: index for index, entry in reversed(list(enumerate(HeaderTable.STATIC_TABLE, 1)))}
-_STATIC_NAMES = {name: index for (name, _), index in reversed(list(_STATIC.items()))}
-
-
-class LiteralEncoder(Encoder):
-    """An HPACK encoder that never uses the dynamic table.
-
-    Each header is the static table entry that matches it whole, or a literal
-    that is never added to the table (RFC 7541 §6.2.2; ``authorization`` as
-    never indexed, §6.2.3), without Huffman coding.  A header's encoding then
-    depends on nothing else: it is computed once and kept, and a request's
-    header block is made of kept pieces.  The blocks grow by some bytes; the
-    table search and Huffman coding of h2's encoder (a tenth of the CPU of a
-    push) are gone.  Changes of the peer's table size are still signalled.
-    """
-
-    #: header encodings kept at most (the per-push ones, like :path, come and go)
-    KEPT = 4096
-    SENSITIVE = frozenset((b"authorization",))
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._kept: Dict[Tuple[Any, Any], bytes] = {}
-
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
-        kept = self._kept
-        block = []
-        if self.header_table.resized:
-            block.append(self._encode_table_size_change())
-            self.header_table.resized = False
-        for header in headers:
-            key = (header[0], header[1])
-            piece = kept.get(key)
-            if piece is None:
-                if len(kept) >= self.KEPT:
-                    kept.clear()
-                piece = kept[key] = self._literal(_as_bytes(header[0]), _as_bytes(header[1]))
-            block.append(piece)
-        return b"".join(block)
-
-    def _literal(self, name: bytes, value: bytes) -> bytes:
-        index = _STATIC.get((name, value))
-        if index is not None:
-            return _hpack_integer(index, 7, 0x80)
-        first = 0x10 if name in self.SENSITIVE else 0x00
-        index = _STATIC_NAMES.get(name)
-        if index is not None:
-            return _hpack_integer(index, 4, first) + _hpack_string(value)
-        return bytes((first,)) + _hpack_string(name) + _hpack_string(value)
-
-
-class CountingH2Connection(H2Connection):
-    """An H2Connection told how many streams are open instead of counting them.
-
-    h2 walks every stream it knows each time a stream is opened, to count the
-    open ones and forget the closed ones; with a thousand streams in flight
-    that walk costs more than everything else together.  The protocol above
-    knows the count (``count()``); h2's own walk still runs now and then so
-    closed streams are forgotten.
-    """
-
-    CULL_EVERY = 512
-
-    def __init__(self, config: H2Configuration, count: Callable[[], int]) -> None:
-        super().__init__(config=config)
-        self._count = count
-        self._opened = 0
-
-    def _cull_now(self) -> bool:
-        """True once in CULL_EVERY calls: then h2 counts (and forgets closed streams)."""
-        self._opened += 1
-        if self._opened >= self.CULL_EVERY:
-            self._opened = 0
-            return True
-        return False
-
-    @property
-    def open_outbound_streams(self) -> int:
-        if self.config.client_side and not self._cull_now():
-            return self._count()
-        return super().open_outbound_streams
-
-    @property
-    def open_inbound_streams(self) -> int:
-        if not self.config.client_side and not self._cull_now():
-            return self._count()
-        return super().open_inbound_streams
-
-    def _receive_goaway_frame(self, frame: Any) -> Tuple[list, list]:
-        # h2 closes the whole connection state on GOAWAY and then refuses the
-        # frames of streams the peer still answers; RFC 9113 §6.8 says the
-        # streams up to last_stream_id may complete, and an answer thrown away
-        # is a push that reaches the device twice once it is sent again.
-        # The protocol opens no new stream after GOAWAY (it is "closing").
-        event = ConnectionTerminated()
-        try:
-            event.error_code = ErrorCodes(frame.error_code)
-        except ValueError:
-            event.error_code = frame.error_code
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
+def _unpadded(flags: int, payload: Any, kind: str) -> Any:
+    """A DATA or HEADERS frame's payload without its padding."""
+    if not flags & PADDED:
+        return payload
+    if not payload or payload[0] >= len(payload):
+        raise _broken(f"{kind} frame padded beyond its length")
+    return payload[1:len(payload) - payload[0]]
 
 
 @implementer(IHandshakeListener)
@@ -222,7 +141,8 @@ class H2ClientProtocol(Protocol):
     ``ping_interval``: after that many idle seconds a PING is sent; without its
     ACK within ``ping_timeout`` the connection is dropped.  ``answer_timeout``:
     see the module's description.  After GOAWAY, streams the peer still owes
-    an answer get ``ping_timeout`` seconds.
+    an answer get ``ping_timeout`` seconds; a connection closing cleanly
+    that is still there ``ping_timeout`` seconds later is dropped.
     """
 
     transport: ITLSStreamTransport
@@ -239,37 +159,47 @@ class H2ClientProtocol(Protocol):
         self.ping_timeout = ping_timeout
         self.answer_timeout = answer_timeout
         self.max_streams = max_streams
-        # our headers are built lowercase and clean; h2's re-checking of every
-        # outgoing header costs more than sending it.  Of an answer only
-        # :status and a few headers are read, each parsed defensively: h2's
-        # checks of every incoming header are not needed either.
-        config = H2Configuration(client_side=True, header_encoding="utf-8",
-                                 validate_outbound_headers=False, normalize_outbound_headers=False,
-                                 validate_inbound_headers=False)
-        #: the HTTP/2 state; it says its first words in connectionMade
-        self.conn = CountingH2Connection(config, lambda: len(self._streams))
-        self.conn.encoder = LiteralEncoder()
         self.ready = False
         self.closing = False
         self.lost = False
         #: requests answered on this connection
         self.answered = 0
+        #: the id of the last stream opened (0: none yet)
+        self.highest_outbound_stream_id = 0
         self._streams: Dict[int, _Stream] = {}
         self._blocked: Set[int] = set()
+        self._encoder = LiteralEncoder()
+        #: every header block of the peer goes through it, in order: the
+        #: peer's dynamic table is rebuilt from them
+        self._decoder = Decoder()
+        self._input = bytearray()
+        self._output: List[bytes] = []
+        #: a header block waiting for its CONTINUATION: stream id, block so
+        #: far, END_STREAM
+        self._continued: Optional[Tuple[int, bytearray, int]] = None
+        #: what the peer lets us send on the connection now
+        self._send_window = DEFAULT_WINDOW
+        #: the peer's initial stream window and largest frame
+        self._stream_window = DEFAULT_WINDOW
+        self._max_frame = DEFAULT_MAX_FRAME
+        #: bytes received on the connection and not given back yet
+        self._received = 0
         self._last_received = 0.0
         self._ping_sent: Optional[float] = None
+        self._ping_payload = b""
         #: a PING must prove the connection alive before it takes more requests
         self._suspect = False
         self._closing_since = 0.0
         self._check_timer: Any = None
         self._close_reason = "connection closed"
+        #: SETTINGS_MAX_CONCURRENT_STREAMS of the peer (None: not said)
+        self._peer_max_streams: Optional[int] = None
         self._max_streams = 0
 
     # -- Twisted callbacks ---------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
-        self.conn.initiate_connection()
-        self.conn.update_settings({SettingCodes.ENABLE_PUSH: 0})
+        self._output.append(PREFACE + settings_frame(CLIENT_SETTINGS))
         self._last_received = self.reactor.seconds()
         self._check_timer = self.reactor.callLater(self.check_interval, self._check)
         self.flush()
@@ -283,15 +213,33 @@ class H2ClientProtocol(Protocol):
         if self.closing and not self._streams:
             return
         self._last_received = self.reactor.seconds()
+        received = self._input
+        received += data
+        size = len(received)
+        start = 0
+        frames = self._FRAMES
         try:
-            events = self.conn.receive_data(data)
-        except H2Error as exc:
-            self.abort(f"HTTP/2 protocol error: {exc}")
+            while size - start >= 9:
+                word, flags, stream_id = _unpack_head(received, start)
+                length = word >> 8
+                if length > DEFAULT_MAX_FRAME:
+                    raise _size_error(f"a frame of {length} bytes (at most {DEFAULT_MAX_FRAME} allowed)")
+                end = start + 9 + length
+                if end > size:
+                    break
+                kind = word & 0xFF
+                payload = received[start + 9:end]
+                start = end
+                if self._continued is not None and kind != CONTINUATION:
+                    raise _broken("a header block interrupted before its end")
+                if kind < len(frames):  # others are ignored (RFC 9113 §4.1)
+                    frames[kind](self, flags, stream_id & 0x7FFFFFFF, payload)
+                if self.closing and not self._streams:
+                    break
+        except H2ProtocolError as exc:
+            self._connection_error(exc.code, str(exc))
             return
-        for event in events:
-            handler = self._EVENTS.get(type(event))
-            if handler is not None:
-                handler(self, event)
+        del received[:start]
         self.flush()
         if self._suspect:  # the peer spoke: alive
             self._suspect = False
@@ -313,7 +261,7 @@ class H2ClientProtocol(Protocol):
         """How many more requests the peer lets us have open right now."""
         if not self.ready or self.closing or self._suspect:
             return 0
-        if self.conn.highest_outbound_stream_id >= LAST_STREAM_ID:
+        if self.highest_outbound_stream_id >= LAST_STREAM_ID:
             self._retire("stream ids nearly used up")
             return 0
         return self._max_streams - len(self._streams)
@@ -328,18 +276,31 @@ class H2ClientProtocol(Protocol):
         The caller checks :meth:`available_streams` first and calls
         :meth:`flush` after a batch of requests.
         """
-        try:
-            stream_id = self.conn.get_next_available_stream_id()
-            self.conn.send_headers(stream_id, headers, end_stream=not body)
-        except H2Error as exc:
-            # available_streams() said yes: only a bug gets here, and the
-            # request was never sent; the connection takes no more
-            self._retire(f"cannot open a stream: {exc}")
-            handler.failed(UNPROCESSED, f"cannot open a stream: {exc}")
+        streams = self._streams
+        if self.closing or len(streams) >= self._max_streams:
+            # available_streams() said yes: only a bug gets here
+            handler.failed(UNPROCESSED, "cannot open a stream: "
+                           + ("the connection is closing" if self.closing else "no stream free"))
             return 0
-        stream = _Stream(handler, body, self.reactor.seconds())
-        self._streams[stream_id] = stream
-        if body:
+        stream_id = self.highest_outbound_stream_id + 2 if self.highest_outbound_stream_id else 1
+        self.highest_outbound_stream_id = stream_id
+        stream = _Stream(handler, body, self.reactor.seconds(), self._stream_window)
+        streams[stream_id] = stream
+        block = self._encoder.encode(headers)
+        output = self._output
+        size = len(body)
+        if len(block) > self._max_frame:
+            output += header_frames(stream_id, block, not size, self._max_frame)
+        else:
+            output += (frame_head(len(block) << 8 | HEADERS, END_HEADERS if size else END_HEADERS | END_STREAM,
+                                  stream_id), block)
+        if size <= self._send_window and size <= stream.window and size <= self._max_frame:
+            if size:  # the whole body in one DATA frame: what nearly every push is
+                output += (frame_head(size << 8 | DATA, END_STREAM, stream_id), body)
+                stream.sent = size
+                stream.window -= size
+                self._send_window -= size
+        else:
             self._send_body(stream_id, stream)
         return stream_id
 
@@ -349,10 +310,7 @@ class H2ClientProtocol(Protocol):
         if stream is None:
             return
         self._blocked.discard(stream_id)
-        try:
-            self.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
-        except H2Error:
-            pass
+        self._output.append(rst_stream_frame(stream_id, _CANCEL))
         self._stream_closed()
 
     def probe(self) -> None:
@@ -369,116 +327,212 @@ class H2ClientProtocol(Protocol):
             self._ping(now)
 
     def flush(self) -> None:
-        """Write what h2 has queued, in one go."""
-        if self.transport is None:  # not connected yet
-            return
-        data = self.conn.data_to_send()
-        if data:
-            self.transport.write(data)
+        """Write the frames made since the last flush, in one go."""
+        output = self._output
+        if output and self.transport is not None:  # None: not connected yet
+            self._output = []
+            self.transport.write(b"".join(output))
 
     def close(self, reason: str = "closed by the client") -> None:
         """Say GOAWAY (unless closing already) and close; streams still open are reported LOST."""
         if not self.connected or self.lost:
             return
         if not self.closing:
-            self.closing = True
-            self._closing_since = self.reactor.seconds()
-            self._close_reason = reason
-            try:
-                self.conn.close_connection()
-                self.flush()
-            except H2Error:
-                pass
+            self._start_closing(reason)
+            self._output.append(goaway_frame(int(ErrorCodes.NO_ERROR)))
+            self.flush()
         self.transport.loseConnection()
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once (protocol errors, dead peer); its open
         streams are reported now, so they can be sent again elsewhere."""
         log.warning("closing HTTP/2 connection to %s: %s", self._peer(), reason)
-        self.closing = True
-        self._close_reason = reason
+        self._start_closing(reason)
         self._fail_streams(reason)
         self.transport.abortConnection()
 
-    # -- h2 events ------------------------------------------------------------
+    # -- frames received ------------------------------------------------------
 
-    def _on_settings(self, event: RemoteSettingsChanged) -> None:
-        self._max_streams = min(self.conn.remote_settings.max_concurrent_streams, self.max_streams)
+    def _check_stream(self, stream_id: int) -> None:
+        """A frame for a stream we do not hold: fine if we closed or
+        forgot it, a protocol error if we never opened it."""
+        if stream_id > self.highest_outbound_stream_id or not stream_id & 1:
+            raise _broken(f"a frame on stream {stream_id}, which the client never opened")
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        # The whole frame counts against the windows, padding included.  What
+        # came is given back once half a window has come: the peer never
+        # runs out of window (as with h2), so it cannot overrun it either.
+        length = len(payload)
+        received = self._received + length
+        if received >= GIVE_BACK:
+            self._output.append(window_update_frame(0, received))
+            received = 0
+        self._received = received
+        data = _unpadded(flags, payload, "DATA")
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self._check_stream(stream_id)
+            return
+        if data:
+            stream.data.append(data)
+        received = stream.received + length
+        if flags & END_STREAM:
+            self._on_stream_ended(stream_id)
+        elif received >= GIVE_BACK:
+            self._output.append(window_update_frame(stream_id, received))
+            stream.received = 0
+        else:
+            stream.received = received
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        block = _unpadded(flags, payload, "HEADERS")
+        if flags & PRIORITY_FLAG:  # stream dependency and weight: not used
+            if len(block) < 5:
+                raise _size_error("HEADERS frame too short for its priority")
+            block = block[5:]
+        if flags & END_HEADERS:
+            self._on_header_block(stream_id, block, flags & END_STREAM)
+        else:
+            self._continued = (stream_id, block, flags & END_STREAM)
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        continued = self._continued
+        if continued is None or continued[0] != stream_id:
+            raise _broken("CONTINUATION without a header block to continue")
+        block = continued[1]
+        block += payload
+        if len(block) > MAX_HEADER_LIST:
+            raise H2ProtocolError(_ENHANCE_YOUR_CALM, f"a header block of more than {MAX_HEADER_LIST} bytes")
+        if flags & END_HEADERS:
+            self._continued = None
+            self._on_header_block(stream_id, block, continued[2])
+
+    def _on_header_block(self, stream_id: int, block: bytearray, end_stream: int) -> None:
+        # decoded even when nobody waits for it: the peer's later blocks may
+        # refer to what this one adds to its table
+        try:
+            headers = self._decoder.decode(bytes(block))
+        except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
+            raise H2ProtocolError(_COMPRESSION_ERROR, f"a header block that cannot be decoded: {exc}")
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self._check_stream(stream_id)
+            return
+        if stream.headers is None:  # the response's (not trailers)
+            fields: Dict[str, str] = dict(headers)  # type: ignore[arg-type]  # (str, str) tuples
+            try:
+                status = int(fields.pop(":status", "0"))
+            except ValueError:
+                status = 0
+            if 100 <= status < 200:  # informational: the response is yet to come
+                return
+            stream.status = status
+            stream.headers = fields
+        if end_stream:
+            self._on_stream_ended(stream_id)
+
+    def _on_stream_ended(self, stream_id: int) -> None:
+        stream = self._streams.pop(stream_id)
+        if len(stream.body) > stream.sent:
+            # the peer answered before reading all of the body: close our side too
+            self._blocked.discard(stream_id)
+            self._output.append(rst_stream_frame(stream_id, _CANCEL))
+        self.answered += 1
+        data = stream.data
+        stream.handler.response(stream.status, stream.headers or {},
+                                b"".join(data) if data else b"")
+        self._stream_closed()
+
+    def _on_reset(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        if len(payload) != 4:
+            raise _size_error("RST_STREAM frame not of 4 bytes")
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            self._check_stream(stream_id)
+            return
+        self._blocked.discard(stream_id)
+        (code,) = WORD.unpack(payload)
+        kind = REFUSED if code == _REFUSED_STREAM else RESET
+        stream.handler.failed(kind, f"stream reset by the server ({error_name(code)})")
+        self._stream_closed()
+
+    def _on_settings(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        if stream_id:
+            raise _broken("SETTINGS frame on a stream")
+        if flags & ACK:
+            if payload:
+                raise _size_error("SETTINGS acknowledgement with a payload")
+            return
+        if len(payload) % 6:
+            raise _size_error("SETTINGS frame not made of 6-byte settings")
+        window_change = 0
+        for offset in range(0, len(payload), 6):
+            key, value = SETTING.unpack_from(payload, offset)
+            if key == MAX_CONCURRENT_STREAMS:
+                self._peer_max_streams = value
+            elif key == INITIAL_WINDOW_SIZE:
+                if value > LARGEST_WINDOW:
+                    raise H2ProtocolError(_FLOW_CONTROL_ERROR, f"SETTINGS_INITIAL_WINDOW_SIZE of {value}")
+                window_change += value - self._stream_window
+                self._stream_window = value
+            elif key == MAX_FRAME_SIZE:
+                if not DEFAULT_MAX_FRAME <= value <= LARGEST_MAX_FRAME:
+                    raise _broken(f"SETTINGS_MAX_FRAME_SIZE of {value}")
+                self._max_frame = value
+            elif key == HEADER_TABLE_SIZE:
+                self._encoder.header_table_size = value
+            elif key == ENABLE_PUSH and value:
+                raise _broken(f"SETTINGS_ENABLE_PUSH of {value} from a server")
+        self._output.append(SETTINGS_ACK)
+        if window_change:
+            for stream in self._streams.values():
+                stream.window += window_change
+                if stream.window > LARGEST_WINDOW:
+                    raise H2ProtocolError(_FLOW_CONTROL_ERROR, "a stream window beyond 2**31-1")
+        peer_max = self._peer_max_streams
+        self._max_streams = self.max_streams if peer_max is None else min(peer_max, self.max_streams)
         if not self.ready:
             self.ready = True
             self.listener.connection_ready(self)
         else:
             self.listener.streams_available(self)
         # a bigger initial window may unblock bodies that were waiting
-        if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+        if window_change > 0:
             self._resume_blocked()
 
-    def _on_response(self, event: ResponseReceived) -> None:
-        stream = self._streams.get(event.stream_id)
-        if stream is None:
-            return
-        # h2 declares headers as bytes; header_encoding makes them str
-        headers: Dict[str, str] = dict(event.headers)  # type: ignore[arg-type]
-        try:
-            stream.status = int(headers.pop(":status", "0"))
-        except ValueError:
-            stream.status = 0
-        stream.headers = headers
+    def _on_push_promise(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        raise _broken("PUSH_PROMISE, though the client disabled server push")
 
-    def _on_data(self, event: DataReceived) -> None:
-        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-        stream = self._streams.get(event.stream_id)
-        if stream is not None:
-            stream.data.append(event.data)
+    def _on_ping(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        if stream_id:
+            raise _broken("PING frame on a stream")
+        if len(payload) != 8:
+            raise _size_error("PING frame not of 8 bytes")
+        if not flags & ACK:
+            self._output.append(ping_frame(bytes(payload), ack=True))
+        elif self._ping_sent is not None and payload == self._ping_payload:
+            self._ping_sent = None
 
-    def _on_stream_ended(self, event: StreamEnded) -> None:
-        stream = self._streams.pop(event.stream_id, None)
-        if stream is None:
-            return
-        self._blocked.discard(event.stream_id)
-        if stream.unsent:
-            # the peer answered before reading all of the body: close our side too
-            self.conn.reset_stream(event.stream_id, ErrorCodes.CANCEL)
-        self.answered += 1
-        stream.handler.response(stream.status, stream.headers, b"".join(stream.data))
-        self._stream_closed()
-
-    def _on_reset(self, event: StreamReset) -> None:
-        stream = self._streams.pop(event.stream_id, None)
-        if stream is None:
-            return
-        self._blocked.discard(event.stream_id)
-        code = event.error_code
-        name = code.name if isinstance(code, ErrorCodes) else str(code)
-        kind = REFUSED if code == ErrorCodes.REFUSED_STREAM else RESET
-        stream.handler.failed(kind, f"stream reset by the server ({name})")
-        self._stream_closed()
-
-    def _on_window(self, event: WindowUpdated) -> None:
-        if event.stream_id == 0:
-            self._resume_blocked()
-        elif event.stream_id in self._blocked:
-            stream = self._streams.get(event.stream_id)
-            if stream is not None:
-                self._send_body(event.stream_id, stream)
-
-    def _on_goaway(self, event: ConnectionTerminated) -> None:
+    def _on_goaway(self, flags: int, stream_id: int, payload: bytearray) -> None:
         # Streams above last_stream_id were never processed: safe to send
         # again elsewhere.  Those up to it are still answered on this
         # connection; it closes after the last of them, or after ping_timeout
         # (then they are LOST: the peer may have acted on them).
-        code = event.error_code
-        name = code.name if isinstance(code, ErrorCodes) else str(code)
+        if stream_id:
+            raise _broken("GOAWAY frame on a stream")
+        if len(payload) < 8:
+            raise _size_error("GOAWAY frame shorter than 8 bytes")
+        last, code = TWO_WORDS.unpack_from(payload)
+        last &= 0x7FFFFFFF
         extra = ""
-        if event.additional_data:
-            extra = " " + event.additional_data.decode("utf-8", "replace")[:200]
-        reason = f"server sent GOAWAY ({name}{extra})"
-        last = event.last_stream_id if event.last_stream_id is not None else 0
+        if len(payload) > 8:
+            extra = " " + payload[8:208].decode("utf-8", "replace")
+        reason = f"server sent GOAWAY ({error_name(code)}{extra})"
         log.info("HTTP/2 connection to %s: %s, last stream %s", self._peer(), reason, last)
         first_goaway = not self.closing
         if first_goaway:
-            self._closing_since = self.reactor.seconds()
-        self.closing = True
+            self._start_closing(reason)
         self._close_reason = reason
         refused = {stream_id: stream for stream_id, stream in self._streams.items() if stream_id > last}
         for stream_id in refused:
@@ -491,14 +545,63 @@ class H2ClientProtocol(Protocol):
         if not self._streams:
             self.transport.loseConnection()
 
+    def _on_window_update(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        if len(payload) != 4:
+            raise _size_error("WINDOW_UPDATE frame not of 4 bytes")
+        increment = WORD.unpack(payload)[0] & 0x7FFFFFFF
+        if not increment:
+            raise _broken("WINDOW_UPDATE of 0")
+        if not stream_id:
+            self._send_window += increment
+            if self._send_window > LARGEST_WINDOW:
+                raise H2ProtocolError(_FLOW_CONTROL_ERROR, "the connection window beyond 2**31-1")
+            if self._blocked:
+                self._resume_blocked()
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self._check_stream(stream_id)
+            return
+        stream.window += increment
+        if stream.window > LARGEST_WINDOW:
+            raise H2ProtocolError(_FLOW_CONTROL_ERROR, f"the window of stream {stream_id} beyond 2**31-1")
+        if stream_id in self._blocked:
+            self._send_body(stream_id, stream)
+
+    def _ignore(self, flags: int, stream_id: int, payload: bytearray) -> None:
+        pass
+
+    #: frame type -> its handler; PRIORITY is ignored (RFC 9113 §5.3.2)
+    _FRAMES: Tuple[Callable[[H2ClientProtocol, int, int, bytearray], None], ...] = (
+        _on_data, _on_headers, _ignore, _on_reset, _on_settings, _on_push_promise, _on_ping, _on_goaway,
+        _on_window_update, _on_continuation)
+
+    # -- closing --------------------------------------------------------------
+
+    def _start_closing(self, reason: str) -> None:
+        self.closing = True
+        self._closing_since = self.reactor.seconds()
+        self._close_reason = reason
+
+    def _connection_error(self, code: int, message: str) -> None:
+        """The peer broke HTTP/2: GOAWAY with ``code``, open streams
+        reported now, the connection closed once the GOAWAY is out."""
+        reason = f"HTTP/2 protocol error: {message}"
+        log.warning("closing HTTP/2 connection to %s: %s", self._peer(), reason)
+        self._start_closing(reason)
+        self._continued = None
+        self._input.clear()
+        self._output.append(goaway_frame(code, 0, message.encode("utf-8", "replace")[:200]))
+        self.flush()
+        self._fail_streams(reason)
+        self.transport.loseConnection()
+
     def _retire(self, reason: str) -> None:
         """Open no more streams here; close once those open are answered."""
         if self.closing:
             return
         log.info("HTTP/2 connection to %s retired: %s", self._peer(), reason)
-        self.closing = True
-        self._closing_since = self.reactor.seconds()
-        self._close_reason = f"retired: {reason}"
+        self._start_closing(f"retired: {reason}")
         self.listener.connection_goaway(self, self._close_reason)
         if not self._streams and self.transport is not None:
             self.transport.loseConnection()
@@ -512,35 +615,26 @@ class H2ClientProtocol(Protocol):
         else:
             self.listener.streams_available(self)
 
-    def _on_ping_ack(self, event: PingAckReceived) -> None:
-        self._ping_sent = None
-
-    #: h2 event class -> its handler (each takes its own kind of event)
-    _EVENTS: Dict[type, Callable[[H2ClientProtocol, Any], None]] = {
-        RemoteSettingsChanged: _on_settings,
-        ResponseReceived: _on_response,
-        DataReceived: _on_data,
-        StreamEnded: _on_stream_ended,
-        StreamReset: _on_reset,
-        WindowUpdated: _on_window,
-        ConnectionTerminated: _on_goaway,
-        PingAckReceived: _on_ping_ack,
-    }
-
     # -- helpers --------------------------------------------------------------
 
     def _send_body(self, stream_id: int, stream: _Stream) -> None:
         """Send as much of the body as the peer's windows allow."""
-        conn = self.conn
-        while stream.unsent:
-            window = min(conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size)
-            if window <= 0:
+        body = stream.body
+        output = self._output
+        while True:
+            unsent = len(body) - stream.sent
+            if not unsent:
+                break
+            size = min(self._send_window, stream.window, self._max_frame, unsent)
+            if size <= 0:
                 self._blocked.add(stream_id)
                 return
-            size = min(window, stream.unsent)
-            chunk = stream.body[stream.sent:stream.sent + size].tobytes()
-            stream.sent += size
-            conn.send_data(stream_id, chunk, end_stream=not stream.unsent)
+            start = stream.sent
+            stream.sent = start + size
+            stream.window -= size
+            self._send_window -= size
+            output += (frame_head(size << 8 | DATA, END_STREAM if size == unsent else 0, stream_id),
+                       body[start:start + size])
         self._blocked.discard(stream_id)
 
     def _resume_blocked(self) -> None:
@@ -568,11 +662,14 @@ class H2ClientProtocol(Protocol):
         now = self.reactor.seconds()
         self._check_timer = self.reactor.callLater(self.check_interval, self._check)
         if self.closing:
-            if not self._streams:
-                return
             if now - self._closing_since >= self.ping_timeout:
-                self.abort(f"{self._close_reason}: {len(self._streams)} streams unanswered "
-                           f"{self.ping_timeout:g} s later")
+                if self._streams:
+                    self.abort(f"{self._close_reason}: {len(self._streams)} streams unanswered "
+                               f"{self.ping_timeout:g} s later")
+                elif self.transport is not None:  # closed cleanly, but the peer does not take our last bytes
+                    self.transport.abortConnection()
+                return
+            if not self._streams:
                 return
         if self._ping_sent is not None:
             limit = self.answer_timeout if self._streams else self.ping_timeout
@@ -592,10 +689,8 @@ class H2ClientProtocol(Protocol):
             self._ping(now)
 
     def _ping(self, now: float) -> None:
-        try:
-            self.conn.ping(os.urandom(8))
-        except H2Error:
-            return
+        self._ping_payload = os.urandom(8)
+        self._output.append(ping_frame(self._ping_payload))
         self._ping_sent = now
         self.flush()
 
