@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import resource
-from io import BytesIO
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
@@ -13,11 +12,10 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial import unittest
 from twisted.web import resource as web_resource
 from twisted.web import server
-from twisted.web.test.requesthelper import DummyChannel
 
 from sylkpush.connections import LINGER, ApiConnections
+from sylkpush.http11 import Site
 from sylkpush.service import connection_limit, raise_open_files_limit
-from sylkpush.web import ApiRequest
 
 REQUEST = b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -42,8 +40,7 @@ class ConnectionRules(unittest.TestCase):
     def make(self, **options):
         self.clock = task.Clock()
         self.resource = Holding()
-        site = server.Site(self.resource, reactor=self.clock)
-        site.requestFactory = ApiRequest
+        site = Site(self.resource)
         self.refusals = []
         options.setdefault("request_timeout", 10.0)
         self.connections = ApiConnections(site, self.clock, refused=self.refusals.append, **options)
@@ -135,12 +132,6 @@ class ConnectionRules(unittest.TestCase):
         _, allowed = self.connect()
         self.assertFalse(denied.connected)
         self.assertTrue(allowed.connected)
-
-    def test_bodies_stay_in_memory_whatever_their_length(self):
-        for length in (None, 10, 200_000):
-            request = ApiRequest(DummyChannel())
-            request.gotLength(length)
-            self.assertIsInstance(request.content, BytesIO)
 
 
 class DescriptorLimit(unittest.TestCase):
