@@ -9,10 +9,12 @@
   the longest idle first), then the one that has been sending its request the
   longest.  A connection whose request is being answered is never closed for
   room; when every one is, the newcomer is answered 503.
+- A connection with no request under way is closed after
+  :data:`IDLE_TIMEOUT` seconds.
 - A request must arrive whole, headers and body, within ``request_timeout``
   seconds of its first byte (an idle timer restarting at every byte would let
   a caller sending a byte at a time hold a connection for ever).  One timer,
-  set for the oldest request under way, enforces it for all.
+  set for the first of these expiries, enforces both for all.
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ LINGER = 2.0
 RESERVED_DESCRIPTORS = 256
 #: seconds between two warnings that the connection limit was reached
 WARN_INTERVAL = 60.0
+#: seconds a connection may stay open with no request under way
+IDLE_TIMEOUT = 60.0
+
+
+def _expired(table: Dict[Any, float], limit: float, now: float) -> List[Any]:
+    """The keys of ``table`` (oldest first) whose time is ``limit`` seconds before ``now`` or more."""
+    expired = []
+    for key, since in table.items():
+        if since + limit > now:
+            break
+        expired.append(key)
+    return expired
 
 
 FORBIDDEN = answer_bytes(403, "access denied by access list")
@@ -107,12 +121,14 @@ class ApiConnections(ServerFactory):
         #: answered and closing on their own, oldest first
         self.refused: Dict[RefusedConnection, None] = {}
         # each open connection is in at most one of these, oldest first
-        self._idle: Dict[HttpConnection, None] = {}
+        #: connections with no request under way -> since when
+        self._idle: Dict[HttpConnection, float] = {}
         #: connections receiving a request -> when it began, oldest first
         self._receiving: Dict[HttpConnection, float] = {}
         self._closing: Set[HttpConnection] = set()
         self._aborts: Dict[HttpConnection, Any] = {}
-        self._deadline_timer: Any = None
+        #: fires at the first request deadline or idle expiry
+        self._timer: Any = None
         self._stopped = False
         self._made_room = 0
         self._warned_at: Optional[float] = None
@@ -169,7 +185,8 @@ class ApiConnections(ServerFactory):
 
     def register(self, connection: HttpConnection) -> None:
         self.protocols[connection] = None
-        self._idle[connection] = None
+        self._idle[connection] = now = self.reactor.seconds()
+        self._watch(now + IDLE_TIMEOUT)
 
     def unregister(self, connection: HttpConnection) -> None:
         self._idle.pop(connection, None)
@@ -188,9 +205,8 @@ class ApiConnections(ServerFactory):
         if connection.closed:
             return
         self._idle.pop(connection, None)
-        connection.receiving_since = self._receiving[connection] = self.reactor.seconds()
-        if self._deadline_timer is None and not self._stopped:
-            self._deadline_timer = self.reactor.callLater(self.request_timeout, self._enforce_deadline)
+        connection.receiving_since = self._receiving[connection] = now = self.reactor.seconds()
+        self._watch(now + self.request_timeout)
 
     def answering(self, connection: HttpConnection) -> None:
         connection.receiving_since = None
@@ -202,23 +218,36 @@ class ApiConnections(ServerFactory):
         if connection.closed or connection.receiving_since is not None:
             return
         self._idle.pop(connection, None)  # to the end: the longest idle stay first
-        self._idle[connection] = None
+        self._idle[connection] = now = self.reactor.seconds()
+        self._watch(now + IDLE_TIMEOUT)
 
-    def _enforce_deadline(self) -> None:
-        self._deadline_timer = None
+    def _watch(self, expiry: float) -> None:
+        """Have the timer fire by ``expiry``: one timer, at the first expiry of
+        either kind, serves every connection (none is set per request)."""
+        if self._stopped:
+            return
+        timer = self._timer
+        if timer is None:
+            self._timer = self.reactor.callLater(max(0.0, expiry - self.reactor.seconds()), self._expire)
+        elif timer.getTime() > expiry:
+            timer.reset(max(0.0, expiry - self.reactor.seconds()))
+
+    def _expire(self) -> None:
+        """Close connections whose request is late (408) and those idle too long."""
+        self._timer = None
         now = self.reactor.seconds()
-        for connection, since in list(self._receiving.items()):
-            if since + self.request_timeout > now:
-                break
+        for connection in _expired(self._receiving, self.request_timeout, now):
             log.info("closed connection from %s: 408 its request did not arrive whole within %g s",
                      connection.transport.getPeer().host, self.request_timeout)
             self.on_refused(408)
             self.close(connection, answer_bytes(
                 408, f"the request did not arrive whole within {self.request_timeout:g} s"))
-        if self._receiving and not self._stopped:
-            oldest = next(iter(self._receiving.values()))
-            self._deadline_timer = self.reactor.callLater(max(0.0, oldest + self.request_timeout - now),
-                                                          self._enforce_deadline)
+        for connection in _expired(self._idle, IDLE_TIMEOUT, now):
+            self.close(connection)
+        if self._receiving:
+            self._watch(next(iter(self._receiving.values())) + self.request_timeout)
+        if self._idle:
+            self._watch(next(iter(self._idle.values())) + IDLE_TIMEOUT)
 
     def close_all(self) -> "Deferred[None]":
         """Close every connection, refused ones included, once its pending
@@ -237,6 +266,6 @@ class ApiConnections(ServerFactory):
         """The port stopped listening: the server is stopping, and closes what is left itself."""
         super().stopFactory()
         self._stopped = True
-        if self._deadline_timer is not None and self._deadline_timer.active():
-            self._deadline_timer.cancel()
-        self._deadline_timer = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None

@@ -55,7 +55,6 @@ SNIFF_BYTES = 4096
 #: before it stops reading (pipelining callers wait on TCP then)
 PIPELINE_BUFFER = 64 * 1024
 
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 _VERSION = re.compile(rb"HTTP/\d\.\d\Z")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 #: control characters other than tab, not allowed in a chunk's extensions
@@ -102,34 +101,30 @@ class HttpError(Exception):
         self.description = description
 
 
+#: a well-formed request head, with its last line's CRLF: method, target, version, field lines
+_HEAD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([^\x00-\x20\x7f]+) (HTTP/1\.[01])\r\n"
+                   rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[^\x00\r\n]*\r\n)*)\Z")
+
+
+_METHODS = {method: method for method in (b"POST", b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"PUT")}
+
+
 def parse_head(head: bytes) -> Tuple[bytes, bytes, bytes, Dict[bytes, bytes]]:
     """(method, target, version, fields) of a request head without its
     final blank line; field names lower case, a repeated field's values
     joined with ", ".  :class:`HttpError` when it breaks a rule."""
-    lines = head.split(b"\r\n")
-    if b"\n" in head and head.count(b"\n") != len(lines) - 1:
-        raise HttpError(400, "lines must end with CRLF, not a bare LF")
-    if b"\r" in head and head.count(b"\r") != len(lines) - 1:
-        raise HttpError(400, "a bare CR in the request head")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not parts[1] or not _TOKEN.match(parts[0]):
-        raise HttpError(400, "malformed request line: it must be METHOD TARGET HTTP/1.1")
-    method, target, version = parts
-    if version != b"HTTP/1.1" and version != b"HTTP/1.0":
-        if _VERSION.match(version):
-            raise HttpError(505, "only HTTP/1.1 and HTTP/1.0 are served here")
-        raise HttpError(400, "malformed request line: it must be METHOD TARGET HTTP/1.1")
-    if len(lines) > MAX_HEADERS + 1:
+    found = _HEAD.match(head + b"\r\n")
+    if found is None:
+        raise _head_error(head)
+    method, target, version, lines = found.groups()
+    # the usual ones shared: thousands of requests wait during an outage
+    method = _METHODS.get(method, method)
+    version = b"HTTP/1.1" if version == b"HTTP/1.1" else b"HTTP/1.0"
+    if lines.count(b"\r\n") > MAX_HEADERS:
         raise HttpError(431, f"more than {MAX_HEADERS} header fields")
     fields: Dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):
-            if line[:1] in (b" ", b"\t"):
-                raise HttpError(400, "obsolete line folding (a field line starting with a space) is not accepted")
-            raise HttpError(400, "malformed header field: it must be name: value")
-        if b"\x00" in value:
-            raise HttpError(400, "a NUL byte in a header field")
+    for line in lines.split(b"\r\n")[:-1]:
+        name, _, value = line.partition(b":")
         name = name.lower()
         value = value.strip(b" \t")
         if name in fields:
@@ -138,6 +133,26 @@ def parse_head(head: bytes) -> Tuple[bytes, bytes, bytes, Dict[bytes, bytes]]:
             value = fields[name] + b", " + value
         fields[name] = value
     return method, target, version, fields
+
+
+def _head_error(head: bytes) -> HttpError:
+    """What is wrong with a head that is not well-formed."""
+    lines = head.split(b"\r\n")
+    if b"\n" in head and head.count(b"\n") != len(lines) - 1:
+        return HttpError(400, "lines must end with CRLF, not a bare LF")
+    if b"\r" in head and head.count(b"\r") != len(lines) - 1:
+        return HttpError(400, "a bare CR in the request head")
+    parts = lines[0].split(b" ")
+    if len(parts) == 3 and parts[2] not in (b"HTTP/1.1", b"HTTP/1.0") and _VERSION.match(parts[2]):
+        return HttpError(505, "only HTTP/1.1 and HTTP/1.0 are served here")
+    if len(parts) != 3 or not _HEAD.match(lines[0] + b"\r\n"):
+        return HttpError(400, "malformed request line: it must be METHOD TARGET HTTP/1.1")
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            return HttpError(400, "obsolete line folding (a field line starting with a space) is not accepted")
+        if b"\x00" in line:
+            return HttpError(400, "a NUL byte in a header field")
+    return HttpError(400, "malformed header field: it must be name: value")
 
 
 def body_length(fields: Dict[bytes, bytes]) -> Optional[int]:
@@ -220,6 +235,10 @@ class ChunkedBody:
 _CANONICAL = {b"content-type": b"Content-Type", b"allow": b"Allow", b"www-authenticate": b"WWW-Authenticate"}
 
 
+#: status lines by version and code, as they were first made
+_STATUS: Dict[Tuple[bytes, int], bytes] = {}
+
+
 def _canonical(name: bytes) -> bytes:
     known = _CANONICAL.get(name)
     return known if known is not None else b"-".join(part.capitalize() for part in name.split(b"-"))
@@ -243,7 +262,7 @@ class HttpRequest:
         self.channel = channel
         self.method = method
         self.uri = uri
-        self.path = uri.split(b"?", 1)[0]
+        self.path = uri.split(b"?", 1)[0] if b"?" in uri else uri
         self.clientproto = version
         self.received_headers: Optional[Dict[bytes, bytes]] = fields
         self.content: Optional[BytesIO] = None
@@ -294,7 +313,11 @@ class HttpRequest:
         self.finished = True
         body, self.written = self.written, b""
         self.sentLength = len(body)
-        head = [b"%s %d %s\r\n" % (self.clientproto, self.code, REASONS.get(self.code, b"Unknown"))]
+        status = _STATUS.get((self.clientproto, self.code))
+        if status is None:
+            status = _STATUS[self.clientproto, self.code] = b"%s %d %s\r\n" % (
+                self.clientproto, self.code, REASONS.get(self.code, b"Unknown"))
+        head = [status]
         if self.headers is not None:
             head += [_canonical(name) + b": " + value + b"\r\n" for name, value in self.headers.items()
                      if name != b"content-length" and name != b"date"]
@@ -413,9 +436,9 @@ class HttpConnection:
         self._consume(buffered + data if buffered else data)
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
-        request = self.request
+        request, self.request = self.request, None
         if request is not None:
-            request._disconnected = True
+            request._disconnected = True  # its answer, when it comes, is dropped
         self.buffer = b""
         self.reading = None
         self.factory.unregister(self)

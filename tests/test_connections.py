@@ -13,7 +13,7 @@ from twisted.trial import unittest
 from twisted.web import resource as web_resource
 from twisted.web import server
 
-from sylkpush.connections import LINGER, ApiConnections
+from sylkpush.connections import IDLE_TIMEOUT, LINGER, ApiConnections
 from sylkpush.http11 import Site
 from sylkpush.service import connection_limit, raise_open_files_limit
 
@@ -95,6 +95,27 @@ class ConnectionRules(unittest.TestCase):
         self.assertTrue(transport.connected)
         self.clock.advance(0.2)
         self.assertFalse(transport.connected)
+
+    def test_idle_connections_are_closed_after_the_idle_timeout(self):
+        self.make()
+        silent, silent_transport = self.connect()  # never sends a byte
+        answered, answered_transport = self.connect()
+        waiting, waiting_transport = self.connect()
+        self.clock.advance(IDLE_TIMEOUT / 2)
+        answered.dataReceived(REQUEST)
+        waiting.dataReceived(REQUEST)
+        first, _ = self.resource.requests
+        first.write(b"ok")
+        first.finish()  # idle from now on
+        self.clock.advance(IDLE_TIMEOUT / 2)
+        self.assertFalse(silent_transport.connected)
+        self.assertTrue(answered_transport.connected)
+        self.clock.advance(IDLE_TIMEOUT / 2)
+        self.assertFalse(answered_transport.connected)
+        self.assertEqual(answered_transport.value().count(b"HTTP/1.1 200 OK"), 1)  # nothing more was written
+        self.clock.advance(IDLE_TIMEOUT * 10)  # a push may take its time
+        self.assertTrue(waiting_transport.connected)
+        self.assertEqual(self.refusals, [])
 
     def test_at_the_limit_idle_connections_go_first_then_slow_senders(self):
         self.make(limit=3)
