@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -64,6 +64,26 @@ def address_allowed(host: str, networks: Sequence[Any]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+def close_all(protocols: Iterable[Any], waiters: "List[Deferred[None]]") -> "Deferred[None]":
+    """Close the connection of each of ``protocols`` once its pending output
+    is written; fires when :func:`all_closed` is called with ``waiters``
+    (when the last is gone), at once when there are none."""
+    if not protocols:
+        return succeed(None)
+    waiter: "Deferred[None]" = Deferred()
+    waiters.append(waiter)
+    for protocol in list(protocols):
+        protocol.transport.loseConnection()
+    return waiter
+
+
+def all_closed(waiters: "List[Deferred[None]]") -> None:
+    """Fire the Deferreds :func:`close_all` gave (the last connection is gone)."""
+    fired, waiters[:] = list(waiters), []
+    for waiter in fired:
+        waiter.callback(None)
 
 
 class RefusedConnection(Protocol):
@@ -113,7 +133,7 @@ class ApiConnections(ServerFactory):
         self.reactor = reactor
         #: the open connections (HttpConnection, see its protocol with us)
         self.protocols: Dict[HttpConnection, None] = {}
-        self._closed: List[Deferred] = []
+        self._closed: "List[Deferred[None]]" = []
         self.allowed = tuple(allowed)
         self.limit = limit
         self.request_timeout = request_timeout
@@ -197,9 +217,7 @@ class ApiConnections(ServerFactory):
             abort.cancel()
         self.protocols.pop(connection, None)
         if not self.protocols:
-            waiters, self._closed = self._closed, []
-            for waiter in waiters:
-                waiter.callback(None)
+            all_closed(self._closed)
 
     def receiving(self, connection: HttpConnection) -> None:
         if connection.closed:
@@ -254,13 +272,7 @@ class ApiConnections(ServerFactory):
         output is written; fires when all are gone."""
         for refused in list(self.refused):
             refused.close()
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred = Deferred()
-        self._closed.append(waiter)
-        for connection in list(self.protocols):
-            connection.transport.loseConnection()
-        return waiter
+        return close_all(self.protocols, self._closed)
 
     def stopFactory(self) -> None:  # noqa: N802
         """The port stopped listening: the server is stopping, and closes what is left itself."""

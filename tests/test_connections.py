@@ -34,6 +34,16 @@ class Holding(web_resource.Resource):
         return server.NOT_DONE_YET
 
 
+def connect(connections, host="127.0.0.1"):
+    """A new connection from ``host`` to ``connections``, in memory: (protocol, transport)."""
+    address = IPv4Address("TCP", host, 40000)
+    connection = connections.buildProtocol(address)
+    transport = StringTransportWithDisconnection(peerAddress=address)
+    transport.protocol = connection
+    connection.makeConnection(transport)
+    return connection, transport
+
+
 class ConnectionRules(unittest.TestCase):
     """The rules, exactly, on a Clock and in-memory transports."""
 
@@ -47,12 +57,7 @@ class ConnectionRules(unittest.TestCase):
         return self.connections
 
     def connect(self, host="127.0.0.1"):
-        address = IPv4Address("TCP", host, 40000)
-        connection = self.connections.buildProtocol(address)
-        transport = StringTransportWithDisconnection(peerAddress=address)
-        transport.protocol = connection
-        connection.makeConnection(transport)
-        return connection, transport
+        return connect(self.connections, host)
 
     def test_denied_address_is_answered_403_before_its_request_is_read(self):
         self.make(allowed=[ipaddress.ip_network("192.0.2.0/24")])

@@ -13,15 +13,13 @@ from typing import List, Optional, Tuple
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import task
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial import unittest
-from twisted.web import server
 
 from sylkpush.connections import ApiConnections
 from sylkpush.http11 import MAX_BODY, MAX_HEAD, MAX_HEADERS, Site
 from sylkpush.web import JsonResource, Root, write_json
 from tests.doubles import capture_logs
+from tests.test_connections import Holding, connect
 from tests.test_properties import EXAMPLES
 
 
@@ -35,18 +33,6 @@ class Echo(JsonResource):
 
     def render_GET(self, request):
         return write_json(request, 200, "got", {"path": request.uri.decode()})
-
-
-class Held(JsonResource):
-    """Keeps every request until the test answers it."""
-
-    def __init__(self):
-        super().__init__()
-        self.requests = []
-
-    def render_POST(self, request):
-        self.requests.append(request)
-        return server.NOT_DONE_YET
 
 
 def request(path=b"/echo", body=b"{}", version=b"HTTP/1.1", extra=b"", method=b"POST") -> bytes:
@@ -94,19 +80,14 @@ class _Harness:
         self.clock = task.Clock()
         root = Root()
         root.putChild(b"echo", Echo())
-        self.held = Held()
+        self.held = Holding()
         root.putChild(b"held", self.held)
         self.refusals: List[int] = []
         self.connections = ApiConnections(Site(root), self.clock, refused=self.refusals.append)
         self.logs = capture_logs(self, logging.INFO)
 
     def connect(self):
-        address = IPv4Address("TCP", "127.0.0.1", 40000)
-        connection = self.connections.buildProtocol(address)
-        transport = StringTransportWithDisconnection(peerAddress=address)
-        transport.protocol = connection
-        connection.makeConnection(transport)
-        return connection, transport
+        return connect(self.connections)
 
     def exchange(self, *segments: bytes):
         connection, transport = self.connect()
@@ -228,7 +209,7 @@ class Server(_Harness, unittest.TestCase):
         self.assertIn(b"Content-Length: %s\r\n" % got["content-length"].encode(), head + b"\r\n")
 
     def test_an_exception_in_a_resource_is_answered_500_once(self):
-        self.held.render_POST = lambda request: 1 / 0
+        self.held.render = lambda request: 1 / 0
         found, transport = self.exchange(request(path=b"/held"), request())
         self.assertEqual([(s, b["description"]) for s, _, b in found],
                          [(500, "internal server error"), (200, "read")])

@@ -45,6 +45,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from sylkpush.connections import all_closed, close_all
 from sylkpush.testing.certs import CertificateAuthority
 from sylkpush.testing.control import QuietSite, fake_arguments, serve_fake
 from sylkpush.testing.h2server import AlpnSwitch, H2ServerProtocol
@@ -151,24 +152,16 @@ class _Connections(WrappingFactory):
     def __init__(self, wrapped, reactor: Any) -> None:
         super().__init__(wrapped)
         self._reactor = reactor
-        self._closed: List[Deferred] = []
+        self._closed: "List[Deferred[None]]" = []
 
     def unregisterProtocol(self, p: Any) -> None:  # noqa: N802 (Twisted's name)
         super().unregisterProtocol(p)
         if not self.protocols:
-            waiters, self._closed = self._closed, []
-            for waiter in waiters:
-                waiter.callback(None)
+            all_closed(self._closed)
 
     def close_all(self) -> Deferred:
         """Close every connection once its pending output is written; fires when all are gone."""
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred = Deferred()
-        self._closed.append(waiter)
-        for wrapper in list(self.protocols):
-            wrapper.transport.loseConnection()
-        return waiter
+        return close_all(self.protocols, self._closed)
 
     def drop_all(self) -> Deferred:
         # answers already written (and counted as delivered) still leave:
