@@ -225,7 +225,7 @@ class AnsweringResource(JsonResource):
             release = getattr(request, "waiting", None)  # an HttpRequest (not a test double)
             if release is not None:
                 release()
-        work.addCallbacks(waiter.answer, waiter.failed)
+        work.addBoth(waiter)
         return server.NOT_DONE_YET
 
     @staticmethod
@@ -235,7 +235,8 @@ class AnsweringResource(JsonResource):
 
 class _Waiter:
     """A caller waiting for its answer: one small object (thousands wait
-    during an outage) rather than closures and a Deferred of notifyFinish."""
+    during an outage) rather than closures, bound methods and a Deferred of
+    notifyFinish."""
 
     __slots__ = ("resource", "request", "request_id")
 
@@ -255,9 +256,12 @@ class _Waiter:
         request.write(write_json(request, result.code, result.description, result.data))
         request.finish()
 
-    def failed(self, failure: Failure) -> None:
-        self.resource._unexpected(failure, self.request_id)
-        self.answer(Answer(500, "internal server error", {}))
+    def __call__(self, outcome: Union[Answer, Failure]) -> None:
+        """The work's result or failure (itself the Deferred's callback: no bound methods held)."""
+        if isinstance(outcome, Failure):
+            self.resource._unexpected(outcome, self.request_id)
+            outcome = Answer(500, "internal server error", {})
+        self.answer(outcome)
 
 
 class PushResource(AnsweringResource):

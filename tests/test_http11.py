@@ -13,11 +13,12 @@ from typing import List, Optional, Tuple
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import task
+from twisted.internet.defer import Deferred
 from twisted.trial import unittest
 
 from sylkpush.connections import ApiConnections
 from sylkpush.http11 import MAX_BODY, MAX_HEAD, MAX_HEADERS, Site
-from sylkpush.web import JsonResource, Root, write_json
+from sylkpush.web import AnsweringResource, JsonResource, Root, write_json
 from tests.doubles import capture_logs
 from tests.test_connections import Holding, connect
 from tests.test_properties import EXAMPLES
@@ -78,7 +79,7 @@ class _Harness:
 
     def setUp(self):
         self.clock = task.Clock()
-        root = Root()
+        self.root = root = Root()
         root.putChild(b"echo", Echo())
         self.held = Holding()
         root.putChild(b"held", self.held)
@@ -207,6 +208,20 @@ class Server(_Harness, unittest.TestCase):
         head, _, rest = transport.value().partition(b"\r\n\r\n")
         self.assertEqual(rest, b"")
         self.assertIn(b"Content-Length: %s\r\n" % got["content-length"].encode(), head + b"\r\n")
+
+    def test_work_that_fails_is_answered_500_once(self):
+        work = Deferred()
+        later = AnsweringResource(dispatcher=None)
+        later.render_POST = lambda request: later.answer_later(request, work, "rid-1")
+        self.root.putChild(b"later", later)
+        connection, transport = self.connect()
+        connection.dataReceived(request(path=b"/later"))
+        self.assertEqual(len(later.waiting), 1)
+        work.errback(RuntimeError("bug"))
+        [(status, _, body)] = answers(transport.value())
+        self.assertEqual((status, body["description"]), (500, "internal server error"))
+        self.assertEqual(later.waiting, {})
+        self.assertTrue(self.logs.matching("rid-1: unexpected error"))
 
     def test_an_exception_in_a_resource_is_answered_500_once(self):
         self.held.render = lambda request: 1 / 0
