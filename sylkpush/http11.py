@@ -174,44 +174,56 @@ def body_length(fields: Dict[bytes, bytes]) -> Optional[int]:
 
 class ChunkedBody:
     """Reads a chunked body as it arrives: :meth:`feed` takes bytes and
-    returns what follows the body once it is complete (None until then)."""
+    returns what follows the body once it is complete (None until then).
+    Past :data:`MAX_BODY` bytes the data is dropped as it comes."""
 
-    __slots__ = ("pending", "size", "body", "dropped", "trailers")
+    __slots__ = ("pending", "size", "body", "trailers")
 
     def __init__(self) -> None:
+        #: the start of a line not yet whole
         self.pending = b""
-        #: bytes left of the chunk being read (-1: at a chunk-size line)
+        #: bytes left of the chunk being read (-1: at a chunk-size line, -2: at the CRLF after a chunk)
         self.size = -1
+        #: the body, and one byte more when it is over MAX_BODY
         self.body = bytearray()
-        #: bytes read past MAX_BODY (only the first SNIFF_BYTES are kept)
-        self.dropped = 0
         self.trailers = False
-
-    def keep(self, data: bytes) -> None:
-        room = MAX_BODY + 1 - len(self.body)
-        if room > 0:
-            self.body += data[:room]
-        self.dropped += max(0, len(data) - max(room, 0))
 
     def feed(self, data: bytes) -> Optional[bytes]:
         data = self.pending + data if self.pending else data
         self.pending = b""
         while True:
-            if self.trailers:
-                end = data.find(b"\r\n\r\n") if not data.startswith(b"\r\n") else -2
-                if end == -1:
+            if self.size > 0:
+                piece = data[:self.size]
+                room = MAX_BODY + 1 - len(self.body)
+                if room > 0:
+                    self.body += piece[:room]
+                self.size -= len(piece)
+                data = data[len(piece):]
+                if self.size:
+                    return None
+                self.size = -2
+            if len(data) < 2 or (self.size == -1 and not self.trailers and b"\r\n" not in data):
+                if len(data) > 1024:
+                    raise HttpError(400, "a chunk-size line over 1024 bytes")
+                self.pending = data
+                return None
+            if self.size == -2:
+                if data[:2] != b"\r\n":
+                    raise HttpError(400, "a chunk of a chunked body must end with CRLF")
+                data = data[2:]
+                self.size = -1
+            elif self.trailers:
+                if data[:2] == b"\r\n":
+                    return data[2:]
+                end = data.find(b"\r\n\r\n")
+                if end < 0:
                     if len(data) > MAX_HEAD:
                         raise HttpError(431, f"chunked trailers over {MAX_HEAD} bytes")
                     self.pending = data
                     return None
-                return data[2:] if end == -2 else data[end + 4:]
-            if self.size < 0:
+                return data[end + 4:]
+            else:
                 end = data.find(b"\r\n")
-                if end < 0:
-                    if len(data) > 1024:
-                        raise HttpError(400, "a chunk-size line over 1024 bytes")
-                    self.pending = data
-                    return None
                 size, _, extensions = data[:end].partition(b";")
                 size = size.rstrip(b" \t")
                 if not _HEX.match(size) or _CONTROL.search(extensions):
@@ -220,15 +232,7 @@ class ChunkedBody:
                 data = data[end + 2:]
                 if self.size == 0:
                     self.trailers = True
-                continue
-            if len(data) < self.size + 2:
-                self.pending = data
-                return None
-            if data[self.size:self.size + 2] != b"\r\n":
-                raise HttpError(400, "a chunk of a chunked body must end with CRLF")
-            self.keep(data[:self.size])
-            data = data[self.size + 2:]
-            self.size = -1
+                    self.size = -1
 
 
 #: names of answer headers as they are sent

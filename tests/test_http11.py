@@ -152,6 +152,17 @@ class Server(_Harness, unittest.TestCase):
         self.assertEqual([(s, b["data"]["too_large"]) for s, _, b in found], [(200, True), (200, False)])
         self.assertTrue(transport.connected)
 
+    def test_a_huge_chunk_is_dropped_as_it_comes(self):
+        connection, transport = self.connect()
+        connection.dataReceived(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % (MAX_BODY * 4))
+        for _ in range(4):
+            connection.dataReceived(b" " * MAX_BODY)
+            _, reader = connection.reading
+            self.assertLessEqual(len(reader.body) + len(reader.pending), MAX_BODY + 1)
+        connection.dataReceived(b"\r\n0\r\nX-Trailer: 1\r\n\r\n" + request())
+        self.assertEqual([(s, b["data"]["too_large"]) for s, _, b in answers(transport.value())],
+                         [(200, True), (200, False)])
+
     def test_a_body_over_the_limit_is_read_and_dropped(self):
         raw = request(body=b" " * (MAX_BODY + 1))
         found, transport = self.exchange(raw[:1000], raw[1000:50000], raw[50000:] + request(body=b"[]"))
