@@ -9,24 +9,25 @@
   the longest idle first), then the one that has been sending its request the
   longest.  A connection whose request is being answered is never closed for
   room; when every one is, the newcomer is answered 503.
+- A connection with no request under way is closed after
+  :data:`IDLE_TIMEOUT` seconds.
 - A request must arrive whole, headers and body, within ``request_timeout``
-  seconds of its first byte (Twisted's own idle timer restarts at every byte:
-  a caller sending a byte at a time could hold a connection for ever).  One
-  timer, set for the oldest request under way, enforces it for all.
+  seconds of its first byte (an idle timer restarting at every byte would let
+  a caller sending a byte at a time hold a connection for ever).  One timer,
+  set for the first of these expiries, enforces both for all.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any, Callable, Dict, Optional, Sequence, Set, cast
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set
 
-from twisted.internet.protocol import Protocol
-from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
-from twisted.web import http, server
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Protocol, ServerFactory
 
+from sylkpush.http11 import HttpConnection, Site, answer_bytes
 from sylkpush.transports import IStreamTransport
-from sylkpush.web import ConnectionTracker, envelope
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +37,18 @@ LINGER = 2.0
 RESERVED_DESCRIPTORS = 256
 #: seconds between two warnings that the connection limit was reached
 WARN_INTERVAL = 60.0
+#: seconds a connection may stay open with no request under way
+IDLE_TIMEOUT = 60.0
 
 
-def answer_bytes(code: int, description: str) -> bytes:
-    """A whole HTTP/1.1 JSON answer that closes the connection, for callers
-    whose request is never read."""
-    body = envelope(code, description)
-    head = (f"HTTP/1.1 {code} {http.RESPONSES[code].decode('ascii')}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return head.encode("ascii") + body
+def _expired(table: Dict[Any, float], limit: float, now: float) -> List[Any]:
+    """The keys of ``table`` (oldest first) whose time is ``limit`` seconds before ``now`` or more."""
+    expired = []
+    for key, since in table.items():
+        if since + limit > now:
+            break
+        expired.append(key)
+    return expired
 
 
 FORBIDDEN = answer_bytes(403, "access denied by access list")
@@ -60,6 +64,26 @@ def address_allowed(host: str, networks: Sequence[Any]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+def close_all(protocols: Iterable[Any], waiters: "List[Deferred[None]]") -> "Deferred[None]":
+    """Close the connection of each of ``protocols`` once its pending output
+    is written; fires when :func:`all_closed` is called with ``waiters``
+    (when the last is gone), at once when there are none."""
+    if not protocols:
+        return succeed(None)
+    waiter: "Deferred[None]" = Deferred()
+    waiters.append(waiter)
+    for protocol in list(protocols):
+        protocol.transport.loseConnection()
+    return waiter
+
+
+def all_closed(waiters: "List[Deferred[None]]") -> None:
+    """Fire the Deferreds :func:`close_all` gave (the last connection is gone)."""
+    fired, waiters[:] = list(waiters), []
+    for waiter in fired:
+        waiter.callback(None)
 
 
 class RefusedConnection(Protocol):
@@ -93,68 +117,23 @@ class RefusedConnection(Protocol):
             self._timer.cancel()
 
 
-class ApiConnection(ProtocolWrapper):
-    """One API connection, knowing whether a request is under way on it.
+class ApiConnections(ServerFactory):
+    """The API's factory: the access list, the connection limit and the
+    request deadline, applied to connections before HTTP is parsed; it
+    knows its open connections, so a shutdown can close them after their
+    last answer is flushed (the reactor's own shutdown drops whatever is
+    still in the write buffers)."""
 
-    The requests (:class:`sylkpush.web.ApiRequest`) report what happens to
-    them through ``request_started``, ``request_received`` and
-    ``request_finished``.
-    """
-
-    factory: "ApiConnections"
-    transport: IStreamTransport
-
-    def __init__(self, factory: "ApiConnections", wrappedProtocol: Any) -> None:  # noqa: N803 (Twisted's name)
-        # ConnectionTracker wraps any protocol; these wrappers are its ApiConnections
-        super().__init__(cast("WrappingFactory[ApiConnection]", factory), wrappedProtocol)
-        # every attribute set here, in one order: the instances then share
-        # their attribute names (thousands of connections wait in an outage)
-        #: when the first byte of the request now arriving came (None: none is arriving)
-        self.receiving_since: Optional[float] = None
-        #: a request is received and not yet answered
-        self.answering = False
-        #: closed by us: whatever else arrives is dropped
-        self.closed = False
-        self._host: Any = None
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted's names)
-        if self.closed:
-            return
-        if self.receiving_since is None and not self.answering:
-            self.factory.receiving(self)
-        super().dataReceived(data)
-
-    def getHost(self) -> Any:  # noqa: N802 (Twisted's names)
-        # asked for every request (twisted.web's Request), and a system call
-        # each time: the address of a connection does not change
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
-
-    def request_started(self) -> None:
-        """A request line was read (maybe from data buffered during the previous answer)."""
-        if self.receiving_since is None:
-            self.factory.receiving(self)
-
-    def request_received(self) -> None:
-        self.factory.answering(self)
-
-    def request_finished(self) -> None:
-        self.factory.idle(self)
-
-
-class ApiConnections(ConnectionTracker):
-    """The API site's factory: the access list, the connection limit and the
-    request deadline, applied to connections before HTTP is parsed."""
-
-    protocol = ApiConnection
     noisy = False
 
-    def __init__(self, site: server.Site, reactor: Any, allowed: Sequence[Any] = (),
+    def __init__(self, site: Site, reactor: Any, allowed: Sequence[Any] = (),
                  limit: int = 4096, request_timeout: float = 10.0,
                  refused: Callable[[int], None] = lambda code: None) -> None:
-        super().__init__(site)
+        self.site = site
         self.reactor = reactor
+        #: the open connections (HttpConnection, see its protocol with us)
+        self.protocols: Dict[HttpConnection, None] = {}
+        self._closed: "List[Deferred[None]]" = []
         self.allowed = tuple(allowed)
         self.limit = limit
         self.request_timeout = request_timeout
@@ -162,12 +141,14 @@ class ApiConnections(ConnectionTracker):
         #: answered and closing on their own, oldest first
         self.refused: Dict[RefusedConnection, None] = {}
         # each open connection is in at most one of these, oldest first
-        self._idle: Dict[ApiConnection, None] = {}
+        #: connections with no request under way -> since when
+        self._idle: Dict[HttpConnection, float] = {}
         #: connections receiving a request -> when it began, oldest first
-        self._receiving: Dict[ApiConnection, float] = {}
-        self._closing: Set[ApiConnection] = set()
-        self._aborts: Dict[ApiConnection, Any] = {}
-        self._deadline_timer: Any = None
+        self._receiving: Dict[HttpConnection, float] = {}
+        self._closing: Set[HttpConnection] = set()
+        self._aborts: Dict[HttpConnection, Any] = {}
+        #: fires at the first request deadline or idle expiry
+        self._timer: Any = None
         self._stopped = False
         self._made_room = 0
         self._warned_at: Optional[float] = None
@@ -184,7 +165,7 @@ class ApiConnections(ConnectionTracker):
             log.info("refused connection from %s: 503 all %d connections are answering requests", host, self.limit)
             self.on_refused(503)
             return RefusedConnection(self, NO_ROOM)
-        return super().buildProtocol(addr)
+        return HttpConnection(self, self.site)
 
     def open_connections(self) -> int:
         """Connections that count toward the limit (those being closed do not)."""
@@ -194,9 +175,9 @@ class ApiConnections(ConnectionTracker):
         if self.refused:
             next(iter(self.refused)).close()
         elif self._idle:
-            self._close(next(iter(self._idle)))
+            self.close(next(iter(self._idle)))
         elif self._receiving:
-            self._close(next(iter(self._receiving)), answer_bytes(503, "closed to make room for other callers"))
+            self.close(next(iter(self._receiving)), answer_bytes(503, "closed to make room for other callers"))
         else:
             return False
         self._made_room += 1
@@ -208,7 +189,8 @@ class ApiConnections(ConnectionTracker):
             self._made_room = 0
         return True
 
-    def _close(self, connection: ApiConnection, answer: bytes = b"") -> None:
+    def close(self, connection: HttpConnection, answer: bytes = b"") -> None:
+        """Close ``connection`` after ``answer``; it no longer counts toward the limit."""
         self._idle.pop(connection, None)
         self._receiving.pop(connection, None)
         self._closing.add(connection)
@@ -216,70 +198,86 @@ class ApiConnections(ConnectionTracker):
         # a caller that reads nothing keeps its connection past loseConnection
         self._aborts[connection] = self.reactor.callLater(LINGER, connection.transport.abortConnection)
         if answer:
-            connection.write(answer)
-        connection.loseConnection()
+            connection.transport.write(answer)
+        connection.transport.loseConnection()
 
     # -- the state of each connection ---------------------------------------------------
 
-    def registerProtocol(self, p: Any) -> None:  # noqa: N802
-        super().registerProtocol(p)
-        self._idle[p] = None
+    def register(self, connection: HttpConnection) -> None:
+        self.protocols[connection] = None
+        self._idle[connection] = now = self.reactor.seconds()
+        self._watch(now + IDLE_TIMEOUT)
 
-    def unregisterProtocol(self, p: Any) -> None:  # noqa: N802
-        self._idle.pop(p, None)
-        self._receiving.pop(p, None)
-        self._closing.discard(p)
-        abort = self._aborts.pop(p, None)
+    def unregister(self, connection: HttpConnection) -> None:
+        self._idle.pop(connection, None)
+        self._receiving.pop(connection, None)
+        self._closing.discard(connection)
+        abort = self._aborts.pop(connection, None)
         if abort is not None and abort.active():
             abort.cancel()
-        super().unregisterProtocol(p)
+        self.protocols.pop(connection, None)
+        if not self.protocols:
+            all_closed(self._closed)
 
-    def receiving(self, connection: ApiConnection) -> None:
+    def receiving(self, connection: HttpConnection) -> None:
         if connection.closed:
             return
         self._idle.pop(connection, None)
-        connection.receiving_since = self._receiving[connection] = self.reactor.seconds()
-        if self._deadline_timer is None and not self._stopped:
-            self._deadline_timer = self.reactor.callLater(self.request_timeout, self._enforce_deadline)
+        connection.receiving_since = self._receiving[connection] = now = self.reactor.seconds()
+        self._watch(now + self.request_timeout)
 
-    def answering(self, connection: ApiConnection) -> None:
+    def answering(self, connection: HttpConnection) -> None:
         connection.receiving_since = None
         connection.answering = True
         self._receiving.pop(connection, None)
 
-    def idle(self, connection: ApiConnection) -> None:
+    def idle(self, connection: HttpConnection) -> None:
         connection.answering = False
         if connection.closed or connection.receiving_since is not None:
             return
         self._idle.pop(connection, None)  # to the end: the longest idle stay first
-        self._idle[connection] = None
+        self._idle[connection] = now = self.reactor.seconds()
+        self._watch(now + IDLE_TIMEOUT)
 
-    def _enforce_deadline(self) -> None:
-        self._deadline_timer = None
+    def _watch(self, expiry: float) -> None:
+        """Have the timer fire by ``expiry``: one timer, at the first expiry of
+        either kind, serves every connection (none is set per request)."""
+        if self._stopped:
+            return
+        timer = self._timer
+        if timer is None:
+            self._timer = self.reactor.callLater(max(0.0, expiry - self.reactor.seconds()), self._expire)
+        elif timer.getTime() > expiry:
+            timer.reset(max(0.0, expiry - self.reactor.seconds()))
+
+    def _expire(self) -> None:
+        """Close connections whose request is late (408) and those idle too long."""
+        self._timer = None
         now = self.reactor.seconds()
-        for connection, since in list(self._receiving.items()):
-            if since + self.request_timeout > now:
-                break
+        for connection in _expired(self._receiving, self.request_timeout, now):
             log.info("closed connection from %s: 408 its request did not arrive whole within %g s",
-                     connection.getPeer().host, self.request_timeout)
+                     connection.transport.getPeer().host, self.request_timeout)
             self.on_refused(408)
-            self._close(connection, answer_bytes(
+            self.close(connection, answer_bytes(
                 408, f"the request did not arrive whole within {self.request_timeout:g} s"))
-        if self._receiving and not self._stopped:
-            oldest = next(iter(self._receiving.values()))
-            self._deadline_timer = self.reactor.callLater(max(0.0, oldest + self.request_timeout - now),
-                                                          self._enforce_deadline)
+        for connection in _expired(self._idle, IDLE_TIMEOUT, now):
+            self.close(connection)
+        if self._receiving:
+            self._watch(next(iter(self._receiving.values())) + self.request_timeout)
+        if self._idle:
+            self._watch(next(iter(self._idle.values())) + IDLE_TIMEOUT)
 
-    def close_all(self) -> Any:
-        """Close every connection, refused ones included (see ConnectionTracker.close_all)."""
+    def close_all(self) -> "Deferred[None]":
+        """Close every connection, refused ones included, once its pending
+        output is written; fires when all are gone."""
         for refused in list(self.refused):
             refused.close()
-        return super().close_all()
+        return close_all(self.protocols, self._closed)
 
     def stopFactory(self) -> None:  # noqa: N802
         """The port stopped listening: the server is stopping, and closes what is left itself."""
         super().stopFactory()
         self._stopped = True
-        if self._deadline_timer is not None and self._deadline_timer.active():
-            self._deadline_timer.cancel()
-        self._deadline_timer = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None

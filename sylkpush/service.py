@@ -15,7 +15,6 @@ from twisted.internet import defer, ssl
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.web.server import Site
 
 from sylkpush.api_keys import ApiKeys, read_keys
 from sylkpush.config import ConfigError, Settings, load_applications
@@ -24,6 +23,7 @@ from sylkpush.dispatch import Dispatcher
 from sylkpush.expiry import Credential, ExpiryWatch, app_credentials, certificate_not_after
 from sylkpush.exposure import open_access_warning
 from sylkpush.health import HealthResource
+from sylkpush.http11 import Site
 from sylkpush.metrics import Metrics, MetricsResource
 from sylkpush.pns.base import UNANSWERED_AT_SHUTDOWN, PushClient
 from sylkpush.pns.client_classes import client_class

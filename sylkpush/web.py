@@ -11,27 +11,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from io import BytesIO
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
-from urllib.parse import unquote_to_bytes as unquote
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.protocols.policies import WrappingFactory
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.web import http, http_headers, resource, server
+from twisted.web import resource, server
 
 from sylkpush import __version__
 from sylkpush.api_keys import ApiKeys
 from sylkpush.dispatch import Answer, ApiError, Dispatcher, exc_info_of
+from sylkpush.http11 import MAX_BODY, Site, envelope
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 #: the deepest nesting of arrays and objects a body may have (a wake-up is flat)
 MAX_DEPTH = 16
-#: bytes of a body over the limit kept to find its call-id for the log
-SNIFF_BYTES = 4096
 #: a call-id in a body that is not (or not all) read as JSON, for the refusal's log line
 _CALL_ID = re.compile(rb'"call-id"\s{0,16}:\s{0,16}"([^"\\\x00-\x1f]{1,256})"')
 
@@ -113,121 +107,12 @@ def sniff_call_id(raw: bytes) -> Optional[str]:
 AnswerData = Optional[Union[Dict[str, Any], List[Any]]]
 
 
-def envelope(code: int, description: str, data: AnswerData = None,
-             extra: Optional[Dict[str, Any]] = None) -> bytes:
-    """The JSON body of every answer (``extra``: more keys beside code, description and data)."""
-    return json.dumps({"code": code, "description": description, "data": data or {}, **(extra or {})}).encode("utf-8")
-
-
 def write_json(request: server.Request, code: int, description: str,
                data: AnswerData = None, extra: Optional[Dict[str, Any]] = None) -> bytes:
     """Set status and headers of ``request``; the JSON body to return."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     return envelope(code, description, data, extra)
-
-
-#: the second and its HTTP date, last formatted
-_date: Tuple[int, bytes] = (0, b"")
-
-
-def http_date() -> bytes:
-    """The HTTP date of now, formatted once a second."""
-    global _date
-    now = int(time.time())
-    if now != _date[0]:
-        _date = (now, http.datetimeToString(now))
-    return _date[1]
-
-
-class ApiRequest(server.Request):
-    """A Request that keeps its body in memory, stops buffering it past
-    :data:`MAX_BODY`, tells its connection when it is received and answered
-    (for the connection limit and the request deadline), and answers internal
-    errors with JSON instead of an HTML traceback."""
-
-    body_too_large = False
-    #: the first bytes of a body over the limit, to find its call-id
-    head = b""
-    #: the body, in memory (see gotLength)
-    content: BytesIO  # type: ignore[assignment]  # Twisted declares Request.content as None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # bodies are JSON: skip Twisted's form parsing, which parses every
-        # request's content-type with the email package (costly, hot path)
-        self._parsePOSTFormSubmission = False
-        self._connection("request_started")
-
-    def _connection(self, event: str) -> None:
-        notify = getattr(self.transport, event, None)  # an ApiConnection (not in unit tests)
-        if notify is not None:
-            notify()
-
-    def gotLength(self, length: Optional[int]) -> None:
-        # in memory whatever the length: MAX_BODY bounds it, and Twisted's
-        # temporary file for long or chunked bodies would cost a descriptor
-        self.content = BytesIO()
-        if length is not None and length > MAX_BODY:
-            self.body_too_large = True
-
-    def handleContentChunk(self, data: bytes) -> None:
-        if not self.body_too_large and self.content.tell() + len(data) > MAX_BODY:  # chunked: no length
-            self.body_too_large = True
-            self.head = self.content.getvalue()[:SNIFF_BYTES]
-            self.content = BytesIO()
-        if self.body_too_large:
-            if len(self.head) < SNIFF_BYTES:
-                self.head += data[:SNIFF_BYTES - len(self.head)]
-            return
-        super().handleContentChunk(data)
-
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self._connection("request_received")
-        super().requestReceived(command, path, version)
-
-    def process(self) -> None:
-        """twisted.web's, less its per-request costs we do not need: the Date
-        header is set as the answer is written (:meth:`write`), no Server
-        header (it named Twisted's version), and no content encoders (the API
-        has none)."""
-        self.site = self.channel.site  # type: ignore[attr-defined]  # set by Site, undeclared in Twisted
-        self.prepath = []
-        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
-        try:
-            self.render(self.site.getResourceFor(self))
-        except BaseException:
-            self.processingFailed(Failure())
-
-    def waiting(self) -> None:
-        """The request is read and waits for its answer (thousands may, during
-        a push service outage): let go of what answering does not need.  Its
-        headers were read by now (Twisted reads Connection as they arrive);
-        only an access log at DEBUG still wants them, for the user agent."""
-        self.content = None  # type: ignore[assignment]  # read already; Twisted's clean-up allows None
-        if not ApiSite.access_log.isEnabledFor(logging.DEBUG):
-            self.requestHeaders = http_headers.Headers()
-
-    def write(self, data: bytes) -> None:
-        if not self.startedWriting:
-            # the date of the answer, and no header held while it waits
-            self.setHeader(b"date", http_date())
-        super().write(data)
-
-    def finish(self) -> None:
-        if not self.finished and not self._disconnected:
-            # before: finishing may start reading the caller's next request
-            self._connection("request_finished")
-        super().finish()
-
-    def processingFailed(self, reason: Failure) -> None:
-        log.error("unhandled error answering %s %s", self.method, self.uri, exc_info=exc_info_of(reason))
-        if self.finished or self._disconnected:
-            return
-        body = write_json(self, 500, "internal server error")
-        self.setHeader(b"content-length", str(len(body)).encode("ascii"))
-        self.write(body)
-        self.finish()
 
 
 class JsonResource(resource.Resource):
@@ -337,10 +222,10 @@ class AnsweringResource(JsonResource):
         waiter = _Waiter(self, request, request_id)
         if not work.called:
             self.waiting[request] = waiter
-            release = getattr(request, "waiting", None)  # an ApiRequest (not a test double)
+            release = getattr(request, "waiting", None)  # an HttpRequest (not a test double)
             if release is not None:
                 release()
-        work.addCallbacks(waiter.answer, waiter.failed)
+        work.addBoth(waiter)
         return server.NOT_DONE_YET
 
     @staticmethod
@@ -350,7 +235,8 @@ class AnsweringResource(JsonResource):
 
 class _Waiter:
     """A caller waiting for its answer: one small object (thousands wait
-    during an outage) rather than closures and a Deferred of notifyFinish."""
+    during an outage) rather than closures, bound methods and a Deferred of
+    notifyFinish."""
 
     __slots__ = ("resource", "request", "request_id")
 
@@ -367,15 +253,15 @@ class _Waiter:
         if getattr(request, "_disconnected", False):  # twisted.web's mark of a caller gone (not in test doubles)
             log.info("%s: caller went away before the answer %s", self.request_id, result.code)
             return
-        body = write_json(request, result.code, result.description, result.data)
-        # with its length the answer is one write, not chunks
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
+        request.write(write_json(request, result.code, result.description, result.data))
         request.finish()
 
-    def failed(self, failure: Failure) -> None:
-        self.resource._unexpected(failure, self.request_id)
-        self.answer(Answer(500, "internal server error", {}))
+    def __call__(self, outcome: Union[Answer, Failure]) -> None:
+        """The work's result or failure (itself the Deferred's callback: no bound methods held)."""
+        if isinstance(outcome, Failure):
+            self.resource._unexpected(outcome, self.request_id)
+            outcome = Answer(500, "internal server error", {})
+        self.answer(outcome)
 
 
 class PushResource(AnsweringResource):
@@ -428,55 +314,9 @@ class Root(resource.Resource):
         return child
 
 
-class ApiSite(server.Site):
-    """A Site whose access log goes to the ``sylkpush.web.access`` logger at
-    DEBUG, and costs nothing unless that level is enabled: the request-id lines
-    of the dispatcher already say who asked what and what they got, and
-    Twisted's per-request access line (formatted and written for every
-    request) is measurable work on the hot path."""
-
-    access_log = logging.getLogger(__name__ + ".access")
-
-    def log(self, request: http.Request) -> None:
-        if self.access_log.isEnabledFor(logging.DEBUG):
-            stamp = self._logDateTime or http.datetimeToLogString()
-            self.access_log.debug("%s", self._logFormatter(stamp, request).rstrip())
-
-
-class ConnectionTracker(WrappingFactory):
-    """Wraps the Site to know its open connections, so a shutdown can close
-    them after their last answer is flushed (the reactor's own shutdown drops
-    whatever is still in the write buffers)."""
-
-    def __init__(self, site: server.Site) -> None:
-        super().__init__(site)
-        self._closed: List[Deferred] = []
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiters, self._closed = self._closed, []
-            for waiter in waiters:
-                waiter.callback(None)
-
-    def close_all(self) -> "Deferred[None]":
-        """Close every connection once its pending output is written; fires when all are gone."""
-        if not self.protocols:
-            return succeed(None)
-        waiter: Deferred = Deferred()
-        self._closed.append(waiter)
-        for wrapper in list(self.protocols):
-            wrapper.transport.loseConnection()
-        return waiter
-
-
 def make_site(dispatcher: Dispatcher, return_async: Callable[[], bool] = lambda: True,
-              keys: Optional[ApiKeys] = None) -> server.Site:
+              keys: Optional[ApiKeys] = None) -> Site:
     """The API's Site: /, /push; more routes are added with ``site.resource.putChild``."""
     root = Root(keys)
     root.putChild(b"push", PushResource(dispatcher, return_async))
-    site = ApiSite(root)
-    site.requestFactory = ApiRequest
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+    return Site(root)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ipaddress
 import resource
-from io import BytesIO
 
 from twisted.internet import task
 from twisted.internet.address import IPv4Address
@@ -13,11 +12,10 @@ from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.trial import unittest
 from twisted.web import resource as web_resource
 from twisted.web import server
-from twisted.web.test.requesthelper import DummyChannel
 
-from sylkpush.connections import LINGER, ApiConnections
+from sylkpush.connections import IDLE_TIMEOUT, LINGER, ApiConnections
+from sylkpush.http11 import Site
 from sylkpush.service import connection_limit, raise_open_files_limit
-from sylkpush.web import ApiRequest
 
 REQUEST = b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -36,26 +34,30 @@ class Holding(web_resource.Resource):
         return server.NOT_DONE_YET
 
 
+def connect(connections, host="127.0.0.1"):
+    """A new connection from ``host`` to ``connections``, in memory: (protocol, transport)."""
+    address = IPv4Address("TCP", host, 40000)
+    connection = connections.buildProtocol(address)
+    transport = StringTransportWithDisconnection(peerAddress=address)
+    transport.protocol = connection
+    connection.makeConnection(transport)
+    return connection, transport
+
+
 class ConnectionRules(unittest.TestCase):
     """The rules, exactly, on a Clock and in-memory transports."""
 
     def make(self, **options):
         self.clock = task.Clock()
         self.resource = Holding()
-        site = server.Site(self.resource, reactor=self.clock)
-        site.requestFactory = ApiRequest
+        site = Site(self.resource)
         self.refusals = []
         options.setdefault("request_timeout", 10.0)
         self.connections = ApiConnections(site, self.clock, refused=self.refusals.append, **options)
         return self.connections
 
     def connect(self, host="127.0.0.1"):
-        address = IPv4Address("TCP", host, 40000)
-        connection = self.connections.buildProtocol(address)
-        transport = StringTransportWithDisconnection(peerAddress=address)
-        transport.protocol = connection
-        connection.makeConnection(transport)
-        return connection, transport
+        return connect(self.connections, host)
 
     def test_denied_address_is_answered_403_before_its_request_is_read(self):
         self.make(allowed=[ipaddress.ip_network("192.0.2.0/24")])
@@ -99,6 +101,27 @@ class ConnectionRules(unittest.TestCase):
         self.clock.advance(0.2)
         self.assertFalse(transport.connected)
 
+    def test_idle_connections_are_closed_after_the_idle_timeout(self):
+        self.make()
+        silent, silent_transport = self.connect()  # never sends a byte
+        answered, answered_transport = self.connect()
+        waiting, waiting_transport = self.connect()
+        self.clock.advance(IDLE_TIMEOUT / 2)
+        answered.dataReceived(REQUEST)
+        waiting.dataReceived(REQUEST)
+        first, _ = self.resource.requests
+        first.write(b"ok")
+        first.finish()  # idle from now on
+        self.clock.advance(IDLE_TIMEOUT / 2)
+        self.assertFalse(silent_transport.connected)
+        self.assertTrue(answered_transport.connected)
+        self.clock.advance(IDLE_TIMEOUT / 2)
+        self.assertFalse(answered_transport.connected)
+        self.assertEqual(answered_transport.value().count(b"HTTP/1.1 200 OK"), 1)  # nothing more was written
+        self.clock.advance(IDLE_TIMEOUT * 10)  # a push may take its time
+        self.assertTrue(waiting_transport.connected)
+        self.assertEqual(self.refusals, [])
+
     def test_at_the_limit_idle_connections_go_first_then_slow_senders(self):
         self.make(limit=3)
         answering, _ = self.connect()
@@ -135,12 +158,6 @@ class ConnectionRules(unittest.TestCase):
         _, allowed = self.connect()
         self.assertFalse(denied.connected)
         self.assertTrue(allowed.connected)
-
-    def test_bodies_stay_in_memory_whatever_their_length(self):
-        for length in (None, 10, 200_000):
-            request = ApiRequest(DummyChannel())
-            request.gotLength(length)
-            self.assertIsInstance(request.content, BytesIO)
 
 
 class DescriptorLimit(unittest.TestCase):

@@ -41,14 +41,14 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import Factory
-from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from sylkpush.connections import all_closed, close_all
 from sylkpush.testing.certs import CertificateAuthority
 from sylkpush.testing.control import QuietSite, fake_arguments, serve_fake
 from sylkpush.testing.h2server import AlpnSwitch, H2ServerProtocol
-from sylkpush.web import ConnectionTracker
 
 log = logging.getLogger("sylkpush.testing.fake_fcm")  # not __main__ when run with -m
 
@@ -139,8 +139,8 @@ class _NoDelay(ProtocolWrapper):
         super().makeConnection(transport)
 
 
-class _Connections(ConnectionTracker):
-    """The daemon's connection tracker, with TCP_NODELAY and a cut-off, so
+class _Connections(WrappingFactory):
+    """Knows its open connections, with TCP_NODELAY and a cut-off, so
     stop() can drop every connection and wait until they are gone."""
 
     noisy = False
@@ -152,6 +152,16 @@ class _Connections(ConnectionTracker):
     def __init__(self, wrapped, reactor: Any) -> None:
         super().__init__(wrapped)
         self._reactor = reactor
+        self._closed: "List[Deferred[None]]" = []
+
+    def unregisterProtocol(self, p: Any) -> None:  # noqa: N802 (Twisted's name)
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            all_closed(self._closed)
+
+    def close_all(self) -> Deferred:
+        """Close every connection once its pending output is written; fires when all are gone."""
+        return close_all(self.protocols, self._closed)
 
     def drop_all(self) -> Deferred:
         # answers already written (and counted as delivered) still leave:

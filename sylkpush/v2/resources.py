@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.web import resource, server
 
 from sylkpush.dispatch import Answer, ApiError, Dispatcher
+from sylkpush.http11 import Site
 from sylkpush.tokens import StorageError, TokenStore
 from sylkpush.v2.account_push import AccountPusher, storage_answer
 from sylkpush.v2.metrics import TokenMetrics
@@ -127,7 +128,7 @@ class V2Root(resource.Resource):
         return NotFound().render(request)
 
 
-def mount(site: server.Site, store: TokenStore, dispatcher: Dispatcher, return_async: Callable[[], bool],
+def mount(site: Site, store: TokenStore, dispatcher: Dispatcher, return_async: Callable[[], bool],
           metrics: TokenMetrics) -> TokensResource:
     """Add ``/v2`` to the API's Site; the resource that answers its requests."""
     tokens = TokensResource(store, dispatcher, return_async, metrics)
