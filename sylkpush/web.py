@@ -121,12 +121,20 @@ class JsonResource(resource.Resource):
     isLeaf = True
 
     def render(self, request: server.Request) -> Any:
+        # twisted.web's HEAD falls back to a GET the resource may not have
+        if request.method == b"HEAD" and not hasattr(self, "render_GET"):
+            return self._not_allowed(request)
         try:
             return super().render(request)
-        except server.UnsupportedMethod as exc:
-            request.setHeader(b"allow", b", ".join(exc.allowedMethods))
-            method = request.method.decode("ascii", "replace")
-            return write_json(request, 405, f"method {method} is not allowed on this path")
+        except server.UnsupportedMethod:
+            return self._not_allowed(request)
+
+    def _not_allowed(self, request: server.Request) -> bytes:
+        methods = [name[len("render_"):] for name in dir(self)
+                   if name.startswith("render_") and (name != "render_HEAD" or hasattr(self, "render_GET"))]
+        request.setHeader(b"allow", ", ".join(methods).encode("ascii"))
+        method = request.method.decode("ascii", "replace")
+        return write_json(request, 405, f"method {method} is not allowed on this path")
 
 
 class NotFound(JsonResource):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import ssl as stdlib_ssl
 
@@ -172,6 +173,20 @@ class PushApiTests(unittest.TestCase):
         code, body, _ = yield post(self.url + "/", None, method="GET")
         self.assertEqual(code, 200)
         self.assertIn("Sylk Pushserver", body)
+
+    @defer.inlineCallbacks
+    def test_head_where_there_is_nothing_to_get(self):
+        """HEAD is GET without the body: on a path that has no GET it is 405
+        like GET, not a 500 and an ERROR line."""
+        logs = capture_logs(self, logging.ERROR)
+        code, body, response = yield post(self.push_url, None, method="HEAD")
+        self.assertEqual(logs.lines, [])
+        self.assertEqual((code, body), (405, ""))
+        self.assertNotIn(b"HEAD", response.headers.getRawHeaders(b"allow")[0])
+        self.assertIn(b"POST", response.headers.getRawHeaders(b"allow")[0])
+        code, _, response = yield post(self.url + "/", None, method="HEAD")
+        self.assertEqual(code, 200)
+        self.assertGreater(int(response.headers.getRawHeaders(b"content-length")[0]), 0)
 
     @defer.inlineCallbacks
     def test_push_service_answers_are_passed_on(self):
