@@ -42,6 +42,8 @@ class AppRegistry:
 
     def __init__(self, applications: Iterable[Application] = ()) -> None:
         self._apps: Dict[Tuple[str, str], Application] = {a.config.key: a for a in applications}
+        # asked for every request: made once (the registry never changes)
+        self._platforms = frozenset(key[1] for key in self._apps)
 
     def get(self, app_id: str, platform: str) -> Optional[Application]:
         return self._apps.get((app_id, platform))
@@ -54,7 +56,8 @@ class AppRegistry:
 
     @property
     def platforms(self) -> frozenset:
-        return frozenset(key[1] for key in self._apps)
+        """The platforms of the configured applications."""
+        return self._platforms
 
     def stop(self):
         """Stop every client; the Deferred fires when all have finished."""

@@ -179,8 +179,12 @@ def parse_platform(body: Mapping[str, Any], custom: Iterable[str] = ()) -> str:
     """The canonical platform name of the request (``apple``, ``firebase``,
     or one of the ``custom`` push services configured)."""
     value = _string(body, "platform", True).lower()
-    return _choice(PLATFORM_ALIASES.get(value, value), "platform",
-                   sorted(set(PLATFORM_ALIASES) | set(custom)))
+    canonical = PLATFORM_ALIASES.get(value)
+    if canonical is not None:
+        return canonical
+    if value in custom:
+        return value
+    raise ValidationError("platform", "must be one of " + ", ".join(sorted(set(PLATFORM_ALIASES) | set(custom))))
 
 
 def parse_app_id(body: Mapping[str, Any]) -> str:

@@ -154,8 +154,6 @@ class AppleClient(H2PoolClient[_ApplePending]):
         super().__init__(app, reactor, app.apple_host, app.apple_port, tls,
                          connections or pool_size_of(app, "apple_connections"), queue_limit=queue_limit)
         self.auth = auth
-        #: renderer header name -> its HTTP/2 (lower case) form
-        self._header_names: Dict[Any, str] = {}
 
     # -- the transport of the engine -------------------------------------------
 
@@ -188,14 +186,7 @@ class AppleClient(H2PoolClient[_ApplePending]):
     def request(self, pending: _ApplePending) -> Request:
         headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
                    (":path", pending.url[len(self.base_url):])]
-        names = self._header_names
-        for name, value in pending.push.headers.items():
-            lowered = names.get(name)
-            if lowered is None:
-                if len(names) > 256:  # a renderer that makes up names: do not keep them all
-                    names.clear()
-                lowered = names[name] = str(name).lower()
-            headers.append((lowered, value if type(value) is str else str(value)))
+        headers += self.rendered_headers(pending.push)
         if pending.apns_id is not None:
             headers.append(("apns-id", pending.apns_id))
         authorization = self.auth.authorization()

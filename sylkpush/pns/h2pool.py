@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from typing import Any, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
@@ -226,6 +226,8 @@ class H2PoolClient(DeliveryClient[H2P]):
         self._address_failures: Dict[Tuple[str, int], float] = {}
         self._all_closed: Optional[Deferred] = None
         self._close_timer: Any = None
+        #: renderer header name -> its HTTP/2 (lower case) form
+        self._header_names: Dict[Any, str] = {}
 
     # -- what a subclass provides ------------------------------------------------
 
@@ -236,6 +238,22 @@ class H2PoolClient(DeliveryClient[H2P]):
     def answered(self, pending: H2P, status: int, headers: Dict[str, str], body: bytes) -> None:
         """The service answered ``pending``'s attempt: report the outcome to the engine."""
         raise NotImplementedError
+
+    def rendered_headers(self, push: OutgoingPush, leave_out: FrozenSet[str] = frozenset()) -> List[Tuple[str, str]]:
+        """The renderer's headers of ``push`` in HTTP/2 form (lower-case
+        names, text values), without those named in ``leave_out``; made for
+        each try rather than held while the push waits."""
+        names = self._header_names
+        headers = []
+        for name, value in push.headers.items():
+            lowered = names.get(name)
+            if lowered is None:
+                if len(names) > 256:  # a renderer that makes up names: do not keep them all
+                    names.clear()
+                lowered = names[name] = str(name).lower()
+            if lowered not in leave_out:
+                headers.append((lowered, value if type(value) is str else str(value)))
+        return headers
 
     # -- the transport of the engine -------------------------------------------
 
