@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 from twisted.internet.defer import DeferredList, succeed
@@ -31,9 +32,9 @@ class Application:
     client: Optional[PushClient]
     client_problem: str = ""
 
-    @property
+    @cached_property
     def label(self) -> str:
-        """How error messages name the app, e.g. ``Apple com.example.app``."""
+        """How error messages name the app, e.g. ``Apple com.example.app`` (on every push's result line)."""
         return f"{self.config.platform.capitalize()} {self.config.app_id}"
 
 

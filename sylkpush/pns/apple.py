@@ -78,6 +78,9 @@ APNS_REASONS: Dict[str, tuple] = {
     "Shutdown": (503, "The APNs server is shutting down."),
 }
 
+#: the payload's JSON, compact and in UTF-8 (made once: json.dumps with options builds an encoder per call)
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 #: descriptions of statuses that come without a reason
 STATUS_TEXT = {
     200: "Success",
@@ -114,6 +117,8 @@ def device_path(token: str) -> str:
     dots of a token made only of dots: no token can form a dot-segment
     (``/3/device/..``) or leave ``/3/device/``.  Hex tokens are unchanged.
     """
+    if token.isascii() and token.isalnum():  # the usual hex token: nothing to quote
+        return "/3/device/" + token
     quoted = quote(token, safe="")
     if not quoted.strip("."):
         quoted = quoted.replace(".", "%2E")
@@ -163,7 +168,7 @@ class AppleClient(H2PoolClient[_ApplePending]):
     def prepare(self, push: OutgoingPush) -> Union[_ApplePending, PushResult]:
         path = device_path(push.token)
         url = self.base_url + path
-        body = json.dumps(push.payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = _PAYLOAD_ENCODER.encode(push.payload).encode("utf-8")
         voip = push.voip or push.headers.get("apns-push-type") == "voip"
         limit = VOIP_PAYLOAD_LIMIT if voip else PAYLOAD_LIMIT
         if len(body) > limit:

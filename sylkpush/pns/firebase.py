@@ -48,6 +48,8 @@ ATTEMPT_TIMEOUT = 30.0
 #: renderer headers that the client sets itself
 _OWN_HEADERS = frozenset({"authorization", "content-type", "content-length", "host"})
 JSON_TYPE = "application/json; charset=UTF-8"
+#: the message's JSON, compact (made once: json.dumps with options builds an encoder per call)
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 #: what FCM's v1 error codes mean, for the human part of the reason
 FCM_ERRORS = {
@@ -224,7 +226,7 @@ class FirebaseClient(H2PoolClient[_FirebasePending]):
         return self.url
 
     def prepare(self, push: OutgoingPush) -> Union[_FirebasePending, PushResult]:
-        body = json.dumps(push.payload, separators=(",", ":")).encode("utf-8")
+        body = _PAYLOAD_ENCODER.encode(push.payload).encode("utf-8")
         return _FirebasePending(push, self, self.url, body)
 
     def open(self) -> None:
