@@ -303,6 +303,15 @@ class SecondCachingFormatter(logging.Formatter):
     _second = -1
     _text = ""
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args or record.exc_info or record.exc_text or record.stack_info or type(record.msg) is not str:
+            return super().format(record)
+        # the usual record, merged and cleaned by RedactingFilter: one line, without
+        # logging.Formatter's steps for what it does not have
+        record.message = record.msg
+        record.asctime = self.formatTime(record)
+        return self._fmt % record.__dict__  # type: ignore[operator]  # _fmt is set (FORMAT or log_format())
+
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:  # noqa: N802
         second = int(record.created)
         if second != self._second or datefmt:
