@@ -123,7 +123,9 @@ def check_strings(body: Mapping[str, Any]) -> None:
                 raise ValidationError(key, UNSAFE_RULE)
         elif isinstance(value, (dict, list)) and not _safe(value):
             raise ValidationError(key, UNSAFE_RULE)
-    if UNSAFE_CHARACTERS.search("".join(texts)) is None:
+    joined = "".join(texts)
+    # printable ASCII holds none of them, and is checked faster than searched
+    if (joined.isascii() and joined.isprintable()) or UNSAFE_CHARACTERS.search(joined) is None:
         return
     for key, value in body.items():
         if UNSAFE_CHARACTERS.search(key) is not None or (
