@@ -103,7 +103,7 @@ class DeliveryClient(PushClient, Generic[P]):
         self.queue_limit = queue_limit
         self.queue: PendingQueue[P] = PendingQueue()
         #: the deadlines of the pushes not answered yet (handed-over ones too)
-        self.deadlines = Deadlines(self.clock, self.expired)
+        self.deadlines: Deadlines[P] = Deadlines(self.clock, self.expired)
         #: pushes with an attempt under way -> when it started (reactor time)
         self.in_flight: Dict[P, float] = {}
         #: pushes waiting to be tried again -> their timer

@@ -98,7 +98,11 @@ class PendingPush:
         return self.push.deadline - self.owner.clock.seconds()
 
 
-class Deadlines:
+#: the kind of PendingPush a client makes (a transport may add what its attempts need)
+P = TypeVar("P", bound=PendingPush)
+
+
+class Deadlines(Generic[P]):
     """The deadlines of one client's pushes, on one timer.
 
     A timer per push would cost a reactor timer object and two heap
@@ -111,10 +115,10 @@ class Deadlines:
     each push whose deadline passed unanswered; it must answer it.
     """
 
-    def __init__(self, clock: Any, expire: Callable[["PendingPush"], None]) -> None:
+    def __init__(self, clock: Any, expire: Callable[[P], None]) -> None:
         self.clock = clock
         self.expire = expire
-        self._heap: List[Tuple[float, int, "PendingPush"]] = []
+        self._heap: List[Tuple[float, int, P]] = []
         self._order = itertools.count()  # ties go in the order pushes came
         #: pushes watched and not answered
         self.live = 0
@@ -124,7 +128,7 @@ class Deadlines:
     def __len__(self) -> int:
         return self.live
 
-    def watch(self, pending: "PendingPush") -> None:
+    def watch(self, pending: P) -> None:
         """Expire ``pending`` at ``pending.push.deadline`` unless answered by then."""
         deadline = pending.push.deadline
         heap = self._heap
@@ -170,10 +174,6 @@ class Deadlines:
             heapq.heappop(heap)
         if heap:
             self._timer = self.clock.callLater(max(0.0, heap[0][0] - self.clock.seconds()), self._fire)
-
-
-#: the kind of PendingPush a client makes (a transport may add what its attempts need)
-P = TypeVar("P", bound=PendingPush)
 
 
 class PendingQueue(Generic[P]):
