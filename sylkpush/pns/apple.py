@@ -131,8 +131,7 @@ class _ApplePending(H2Pending):
 
     def __init__(self, push: OutgoingPush, client: "AppleClient", url: str, body: bytes,
                  apns_id: Optional[str]) -> None:
-        super().__init__(push, client, url)
-        self.body = body
+        super().__init__(push, client, url, body)
         self.apns_id = apns_id
         self.authorization: Optional[str] = None
         self.auth_retried = False
@@ -168,7 +167,7 @@ class AppleClient(H2PoolClient[_ApplePending]):
     def prepare(self, push: OutgoingPush) -> Union[_ApplePending, PushResult]:
         path = device_path(push.token)
         url = self.base_url + path
-        body = _PAYLOAD_ENCODER.encode(push.payload).encode("utf-8")
+        body = self.payload_body(push, _PAYLOAD_ENCODER)
         voip = push.voip or push.headers.get("apns-push-type") == "voip"
         limit = VOIP_PAYLOAD_LIMIT if voip else PAYLOAD_LIMIT
         if len(body) > limit:

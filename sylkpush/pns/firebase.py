@@ -116,8 +116,7 @@ class _FirebasePending(H2Pending):
     (its headers are made for each try: a push held during an outage costs less)."""
 
     def __init__(self, push: OutgoingPush, owner: Any, url: str, body: bytes) -> None:
-        super().__init__(push, owner, url)
-        self.body = body
+        super().__init__(push, owner, url, body)
         self.auth_retried = False
         #: the access token of the current attempt (v1)
         self.access_token: Optional[str] = None
@@ -226,7 +225,7 @@ class FirebaseClient(H2PoolClient[_FirebasePending]):
         return self.url
 
     def prepare(self, push: OutgoingPush) -> Union[_FirebasePending, PushResult]:
-        body = _PAYLOAD_ENCODER.encode(push.payload).encode("utf-8")
+        body = self.payload_body(push, _PAYLOAD_ENCODER)
         return _FirebasePending(push, self, self.url, body)
 
     def open(self) -> None:
