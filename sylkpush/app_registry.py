@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Type
 
 from twisted.internet.defer import DeferredList, succeed
@@ -31,9 +32,9 @@ class Application:
     client: Optional[PushClient]
     client_problem: str = ""
 
-    @property
+    @cached_property
     def label(self) -> str:
-        """How error messages name the app, e.g. ``Apple com.example.app``."""
+        """How error messages name the app, e.g. ``Apple com.example.app`` (on every push's result line)."""
         return f"{self.config.platform.capitalize()} {self.config.app_id}"
 
 
@@ -42,6 +43,8 @@ class AppRegistry:
 
     def __init__(self, applications: Iterable[Application] = ()) -> None:
         self._apps: Dict[Tuple[str, str], Application] = {a.config.key: a for a in applications}
+        # asked for every request: made once (the registry never changes)
+        self._platforms = frozenset(key[1] for key in self._apps)
 
     def get(self, app_id: str, platform: str) -> Optional[Application]:
         return self._apps.get((app_id, platform))
@@ -54,7 +57,8 @@ class AppRegistry:
 
     @property
     def platforms(self) -> frozenset:
-        return frozenset(key[1] for key in self._apps)
+        """The platforms of the configured applications."""
+        return self._platforms
 
     def stop(self):
         """Stop every client; the Deferred fires when all have finished."""

@@ -62,11 +62,11 @@ _PEM_END = re.compile(r"-----END [A-Z ]{0,40}PRIVATE KEY-----")
 _PEM_BODY = re.compile(r"(?:[A-Za-z0-9+/=\s]|\\n)*+")
 _PRIVATE_KEY = "<redacted private key>"
 
-#: one search, in the lower-cased text, that every text holding a secret matches;
-#: most log lines match none, and then the substitutions are skipped (a
-#: case-sensitive search of the lower-cased text is several times faster than
-#: a case-insensitive one)
-_SECRET_HINT = re.compile(r"bearer|key=|authorization|_token|assertion|private_key|private key|secret|ya29|eyj")
+#: what the lower-cased text of every text holding a secret contains; most log
+#: lines contain none, and then the substitutions are skipped (looking for
+#: each with ``in`` is twice as fast as one regular expression of them all)
+_SECRET_HINTS = ("bearer", "key=", "authorization", "_token", "assertion", "private_key", "private key", "secret",
+                 "ya29", "eyj")
 
 #: what must not reach a log line raw: control characters (a CR/LF would start a
 #: forged line, ESC drives terminals), lone surrogates (the file handler cannot
@@ -84,6 +84,8 @@ def _escape_one(match: "re.Match[str]") -> str:
 
 def escape(text: str, pattern: "re.Pattern[str]" = _UNSAFE) -> str:
     """``text`` with control characters, lone surrogates and the like written as escapes."""
+    if pattern is _UNSAFE and text.isascii() and text.isprintable():  # the usual line, quicker than a search
+        return text
     if pattern.search(text) is None:
         return text
     return pattern.sub(_escape_one, text)
@@ -122,6 +124,19 @@ def _capped(value: Any) -> Any:
     return _Capped(value)
 
 
+def _all_short(args: tuple) -> bool:
+    """True when :func:`_capped` would leave every one of ``args`` as it is
+    (the usual short texts and numbers; found without calling it for each)."""
+    for value in args:
+        kind = type(value)
+        if kind is str:
+            if len(value) > VALUE_LIMIT:
+                return False
+        elif kind is not int and kind is not float and value is not None:
+            return False
+    return True
+
+
 def _redact_private_keys(text: str) -> str:
     """``text`` with PEM private keys removed, whole or cut short, in one pass."""
     pieces = []
@@ -149,7 +164,10 @@ def _redact_private_keys(text: str) -> str:
 def redact(text: str) -> str:
     """``text`` with JWTs, access tokens, legacy keys and private keys removed."""
     lowered = text.lower()
-    if _SECRET_HINT.search(lowered) is None:
+    for hint in _SECRET_HINTS:
+        if hint in lowered:
+            break
+    else:
         return text
     # private keys first: the key-name rules would otherwise cut a PEM block in two
     if "private key" in lowered:
@@ -181,7 +199,8 @@ class RedactingFilter(logging.Filter):
         args = record.args
         if args:
             if isinstance(args, tuple):
-                record.args = tuple(map(_capped, args))
+                if not _all_short(args):
+                    record.args = tuple(map(_capped, args))
             elif isinstance(args, Mapping):
                 record.args = {key: _capped(value) for key, value in args.items()}
         try:
@@ -283,6 +302,15 @@ class SecondCachingFormatter(logging.Formatter):
 
     _second = -1
     _text = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args or record.exc_info or record.exc_text or record.stack_info or type(record.msg) is not str:
+            return super().format(record)
+        # the usual record, merged and cleaned by RedactingFilter: one line, without
+        # logging.Formatter's steps for what it does not have
+        record.message = record.msg
+        record.asctime = self.formatTime(record)
+        return self._fmt % record.__dict__  # type: ignore[operator]  # _fmt is set (FORMAT or log_format())
 
     def formatTime(self, record: logging.LogRecord, datefmt: Optional[str] = None) -> str:  # noqa: N802
         second = int(record.created)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import jwt
 from twisted.internet import reactor
@@ -38,6 +39,32 @@ class CertificateAuthTests(FakeAPNsMixin, TestCase):
         self.assertEqual(delivery.headers["apns-priority"], "10")
         self.assertNotIn("authorization", delivery.headers)
         self.assertEqual(self.fake.deliveries[delivery.apns_id], 1)
+
+    @inlineCallbacks
+    def test_the_payload_is_held_as_json_only_and_given_back_at_a_hand_over(self):
+        payload = {"event": "incoming_session", "call-id": "c1", "from_display_name": "Zoë"}
+        push = self.push(payload=dict(payload))
+        result = yield self.client.send(push)
+        self.assertEqual(result.code, 200)
+        self.assertEqual(self.fake.notifications[0].payload, payload)
+        self.assertEqual(push.payload, {})  # sent as JSON: the dict is not held while the push waits
+        # with remote logging (which reads it) the payload stays
+        logged = AppleClient(dataclasses.replace(self.fake.app_config(), log_remote_urls=("http://127.0.0.1:9/",)),
+                             reactor)
+        logged.start()
+        self.addCleanup(logged.stop)
+        kept = self.push(payload=dict(payload))
+        result = yield logged.send(kept)
+        self.assertEqual((result.code, kept.payload), (200, payload))
+        # a push handed to another client (a reload) has its payload again
+        idle = AppleClient(self.fake.app_config(), reactor)
+        idle.started = True  # no connection: the push waits in the queue
+        waiting = self.push(payload=dict(payload))
+        answer = idle.send(waiting)
+        [taken] = idle.take_waiting()
+        self.assertEqual(taken.push.payload, payload)
+        taken.fail("the test is over")
+        self.assertEqual(self.successResultOf(answer).code, 503)
 
     @inlineCallbacks
     def test_bad_device_token_is_410(self):

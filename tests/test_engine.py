@@ -174,7 +174,22 @@ class EngineTests(unittest.TestCase):
         self.assertFalse(client.send(push(self.clock, "c")).called)
         taken[0].answer(PushResult(200, "OK", "u"))  # answered by the successor
         self.assertEqual(client.active, 1)
-        self.assertEqual(len(self.clock.getDelayedCalls()), 3)  # the deadlines of b, retrying and c; no retry timer
+        # the deadlines of b, retrying and c on the one deadline timer; no retry timer
+        self.assertEqual((len(client.deadlines), len(self.clock.getDelayedCalls())), (3, 1))
+
+    def test_handed_over_pushes_keep_their_deadlines(self):
+        old = self.client(room=0)
+        answer = old.send(push(self.clock, "waiting", budget=10))
+        self.clock.advance(3)
+        [taken] = old.take_waiting()
+        new = self.client(room=0)
+        new.send(taken.push).addCallback(taken.answer)
+        self.clock.advance(6.9)
+        self.assertFalse(answer.called)
+        self.clock.advance(0.1)
+        result = self.successResultOf(answer)
+        self.assertEqual((result.code, result.reason), (503, "deadline passed: waiting for Test"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_attempt_timeout_checked_for_all_attempts_at_once(self):
         client = ScriptedClient(self.clock)

@@ -22,12 +22,13 @@ class V1DeliveryTests(FakeFCMMixin, unittest.TestCase):
     def test_delivered(self):
         client = self.client()
         push = push_for("device-1", reactor)
+        message = push.payload["message"]  # the client holds the payload as JSON only, once sent
         result = yield client.send(push)
         self.assertEqual(result.code, 200)
         self.assertEqual(result.reason, "OK")
         self.assertEqual(result.url, self.fake.push_url)
         self.assertTrue(result.body["name"].startswith("projects/sylk-test/messages/"))
-        self.assertEqual(self.fake.messages, [push.payload["message"]])
+        self.assertEqual(self.fake.messages, [message])
         self.assertEqual(self.fake.deliveries["device-1"], 1)
 
     @defer.inlineCallbacks

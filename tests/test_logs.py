@@ -7,7 +7,7 @@ import logging
 
 from twisted.trial import unittest
 
-from sylkpush.logs import BufferingHandler, LogWriter, RedactingFilter
+from sylkpush.logs import FORMAT, BufferingHandler, LogWriter, RedactingFilter, SecondCachingFormatter, log_format
 
 
 def record(message, *args, exc_info=None):
@@ -58,6 +58,21 @@ class LogPipelineTests(unittest.TestCase):
         self.assertIn("Traceback", text)
         self.assertIn("ValueError", text)
         self.assertNotIn("eyJhbGciOiJFUzI1NiJ9", text)
+
+    def test_the_daemons_formatter_writes_what_logging_formatter_writes(self):
+        try:
+            raise ValueError("broken")
+        except ValueError:
+            import sys
+            failed = sys.exc_info()
+        cleaner = RedactingFilter()
+        for line_format in (FORMAT, log_format(worker=2)):
+            ours, standard = SecondCachingFormatter(line_format), logging.Formatter(line_format)
+            for item in (record("result %s %s", "call-1", 200), record("plain"),
+                         record("failed: %s", "x", exc_info=failed), record("not cleaned %s", "x")):
+                if item.msg != "not cleaned %s":
+                    cleaner.filter(item)
+                self.assertEqual(ours.format(item), standard.format(item))
 
 
 class SafeRecordsTests(unittest.TestCase):

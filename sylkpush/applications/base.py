@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from typing import Any, Dict, Mapping
 
 from sylkpush.config import AppConfig
@@ -22,6 +23,7 @@ def session_id(call_id: str) -> str:
     return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:]}"
 
 
+@lru_cache(maxsize=1024)  # a handful of application ids, asked for every push
 def base_topic(app_id: str) -> str:
     """``app_id`` without a trailing ``.dev`` or ``.prod``."""
     for suffix in (".dev", ".prod"):

@@ -78,6 +78,9 @@ APNS_REASONS: Dict[str, tuple] = {
     "Shutdown": (503, "The APNs server is shutting down."),
 }
 
+#: the payload's JSON, compact and in UTF-8 (made once: json.dumps with options builds an encoder per call)
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 #: descriptions of statuses that come without a reason
 STATUS_TEXT = {
     200: "Success",
@@ -114,6 +117,8 @@ def device_path(token: str) -> str:
     dots of a token made only of dots: no token can form a dot-segment
     (``/3/device/..``) or leave ``/3/device/``.  Hex tokens are unchanged.
     """
+    if token.isascii() and token.isalnum():  # the usual hex token: nothing to quote
+        return "/3/device/" + token
     quoted = quote(token, safe="")
     if not quoted.strip("."):
         quoted = quoted.replace(".", "%2E")
@@ -126,8 +131,7 @@ class _ApplePending(H2Pending):
 
     def __init__(self, push: OutgoingPush, client: "AppleClient", url: str, body: bytes,
                  apns_id: Optional[str]) -> None:
-        super().__init__(push, client, url)
-        self.body = body
+        super().__init__(push, client, url, body)
         self.apns_id = apns_id
         self.authorization: Optional[str] = None
         self.auth_retried = False
@@ -154,8 +158,6 @@ class AppleClient(H2PoolClient[_ApplePending]):
         super().__init__(app, reactor, app.apple_host, app.apple_port, tls,
                          connections or pool_size_of(app, "apple_connections"), queue_limit=queue_limit)
         self.auth = auth
-        #: renderer header name -> its HTTP/2 (lower case) form
-        self._header_names: Dict[Any, str] = {}
 
     # -- the transport of the engine -------------------------------------------
 
@@ -165,7 +167,7 @@ class AppleClient(H2PoolClient[_ApplePending]):
     def prepare(self, push: OutgoingPush) -> Union[_ApplePending, PushResult]:
         path = device_path(push.token)
         url = self.base_url + path
-        body = json.dumps(push.payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        body = self.payload_body(push, _PAYLOAD_ENCODER)
         voip = push.voip or push.headers.get("apns-push-type") == "voip"
         limit = VOIP_PAYLOAD_LIMIT if voip else PAYLOAD_LIMIT
         if len(body) > limit:
@@ -188,14 +190,7 @@ class AppleClient(H2PoolClient[_ApplePending]):
     def request(self, pending: _ApplePending) -> Request:
         headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
                    (":path", pending.url[len(self.base_url):])]
-        names = self._header_names
-        for name, value in pending.push.headers.items():
-            lowered = names.get(name)
-            if lowered is None:
-                if len(names) > 256:  # a renderer that makes up names: do not keep them all
-                    names.clear()
-                lowered = names[name] = str(name).lower()
-            headers.append((lowered, value if type(value) is str else str(value)))
+        headers += self.rendered_headers(pending.push)
         if pending.apns_id is not None:
             headers.append(("apns-id", pending.apns_id))
         authorization = self.auth.authorization()

@@ -29,6 +29,8 @@ class OutgoingPush:
     request_id: str
     token: str
     headers: Dict[str, str]
+    #: the APNs and FCM clients keep it only as the JSON they send: they
+    #: empty it once the push is theirs, unless remote logging reads it
     payload: Dict[str, Any]
     #: absolute time (in the client's reactor.seconds()) after which the
     #: request must be answered 503 instead of being tried again

@@ -46,8 +46,8 @@ from twisted.python.failure import Failure
 
 from sylkpush.expiry import utc_text
 from sylkpush.pns.base import OutgoingPush, PushClient, PushResult, unanswered, unavailable
-from sylkpush.pns.pending import (DEFAULT_QUEUE_LIMIT, HANDED_OVER, IN_FLIGHT, NEW, QUEUED, RETRYING, P,
-                                  PendingPush, PendingQueue, backoff_delay)
+from sylkpush.pns.pending import (DEFAULT_QUEUE_LIMIT, HANDED_OVER, IN_FLIGHT, NEW, QUEUED, RETRYING, Deadlines,
+                                  P, PendingPush, PendingQueue, backoff_delay)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class DeliveryClient(PushClient, Generic[P]):
         self.clock = clock if clock is not None else reactor
         self.queue_limit = queue_limit
         self.queue: PendingQueue[P] = PendingQueue()
+        #: the deadlines of the pushes not answered yet (handed-over ones too)
+        self.deadlines: Deadlines[P] = Deadlines(self.clock, self.expired)
         #: pushes with an attempt under way -> when it started (reactor time)
         self.in_flight: Dict[P, float] = {}
         #: pushes waiting to be tried again -> their timer

@@ -47,6 +47,9 @@ RETRY_CAP = 30.0
 ATTEMPT_TIMEOUT = 30.0
 #: renderer headers that the client sets itself
 _OWN_HEADERS = frozenset({"authorization", "content-type", "content-length", "host"})
+JSON_TYPE = "application/json; charset=UTF-8"
+#: the message's JSON, compact (made once: json.dumps with options builds an encoder per call)
+_PAYLOAD_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 #: what FCM's v1 error codes mean, for the human part of the reason
 FCM_ERRORS = {
@@ -109,13 +112,11 @@ class _Retry(Exception):
 
 
 class _FirebasePending(H2Pending):
-    """A push with its request, and what the client remembers between its tries."""
+    """A push with its body, and what the client remembers between its tries
+    (its headers are made for each try: a push held during an outage costs less)."""
 
-    def __init__(self, push: OutgoingPush, owner: Any, url: str, headers: List[Tuple[str, str]],
-                 body: bytes) -> None:
-        super().__init__(push, owner, url)
-        self.headers = headers
-        self.body = body
+    def __init__(self, push: OutgoingPush, owner: Any, url: str, body: bytes) -> None:
+        super().__init__(push, owner, url, body)
         self.auth_retried = False
         #: the access token of the current attempt (v1)
         self.access_token: Optional[str] = None
@@ -202,6 +203,9 @@ class FirebaseClient(H2PoolClient[_FirebasePending]):
         self.account = account
         self.url = url
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        #: the headers every request starts with
+        self._fixed_headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority),
+                               (":path", self.path), ("content-type", JSON_TYPE)]
         self.max_in_flight = max(1, max_in_flight) if max_in_flight is not None else None
         self._legacy_authorization = f"key={app.firebase_authorization_key}" if legacy else ""
         # the token endpoint is asked once an hour: HTTP/1.1 through an Agent is enough
@@ -221,13 +225,8 @@ class FirebaseClient(H2PoolClient[_FirebasePending]):
         return self.url
 
     def prepare(self, push: OutgoingPush) -> Union[_FirebasePending, PushResult]:
-        headers = [(":method", "POST"), (":scheme", "https"), (":authority", self.authority), (":path", self.path),
-                   ("content-type", "application/json; charset=UTF-8")]
-        headers.extend((name, str(value)) for name, value in
-                       ((str(name).lower(), value) for name, value in push.headers.items())
-                       if name not in _OWN_HEADERS)
-        body = json.dumps(push.payload, separators=(",", ":")).encode("utf-8")
-        return _FirebasePending(push, self, self.url, headers, body)
+        body = self.payload_body(push, _PAYLOAD_ENCODER)
+        return _FirebasePending(push, self, self.url, body)
 
     def open(self) -> None:
         """Connect, and fetch the first access token now, so the first push does not wait for it."""
@@ -257,14 +256,14 @@ class FirebaseClient(H2PoolClient[_FirebasePending]):
 
     def request(self, pending: _FirebasePending) -> Request:
         push = pending.push
+        rendered = self.rendered_headers(push, _OWN_HEADERS)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: POST %s (try %d)", push.request_id, self.url, pending.attempts)
             log.debug("%s: outgoing headers %s", push.request_id,
-                      headers_text([(name, value) for name, value in pending.headers if not name.startswith(":")]
-                                   + [("authorization", "")]))
+                      headers_text([("content-type", JSON_TYPE)] + rendered + [("authorization", "")]))
             log.debug("%s: outgoing body %s", push.request_id, pending.body.decode("utf-8"))
         authorization = self._legacy_authorization if self.legacy else "Bearer " + (pending.access_token or "")
-        return pending.headers + [("authorization", authorization)], pending.body
+        return self._fixed_headers + rendered + [("authorization", authorization)], pending.body
 
     def stop(self):
         if self.tokens is not None:

@@ -17,9 +17,10 @@ mapped to the engine's outcomes here, once.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
-from typing import Any, Dict, List, Optional, Set, Tuple, TypeVar
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.address import IPv6Address
 from twisted.internet.defer import CancelledError, Deferred
@@ -44,6 +45,9 @@ LAST_CHANCE = 2.0
 #: HTTP/2 connections per application unless <platform>_connections says otherwise
 DEFAULT_CONNECTIONS = 2
 MAX_CONNECTIONS = 32
+
+#: what a push's payload is once its requests' body holds it (see H2PoolClient.payload_body)
+_DROPPED: Dict[str, Any] = {}
 
 #: a request: its HTTP/2 headers (pseudo-headers first) and its body
 Request = Tuple[List[Tuple[str, str]], bytes]
@@ -76,7 +80,12 @@ def _where(address: Any) -> str:
 
 
 class H2Pending(PendingPush):
-    """A push that is also the handler of its attempt's stream."""
+    """A push that is also the handler of its attempt's stream, with its
+    request body (the push's payload as JSON, see :meth:`H2PoolClient.payload_body`)."""
+
+    def __init__(self, push: OutgoingPush, owner: Any, url: str, body: bytes) -> None:
+        super().__init__(push, owner, url)
+        self.body = body
 
     #: the pool slot whose connection carries the current attempt (set
     #: when it is written: before that no stream can answer)
@@ -226,6 +235,8 @@ class H2PoolClient(DeliveryClient[H2P]):
         self._address_failures: Dict[Tuple[str, int], float] = {}
         self._all_closed: Optional[Deferred] = None
         self._close_timer: Any = None
+        #: renderer header name -> its HTTP/2 (lower case) form
+        self._header_names: Dict[Any, str] = {}
 
     # -- what a subclass provides ------------------------------------------------
 
@@ -236,6 +247,40 @@ class H2PoolClient(DeliveryClient[H2P]):
     def answered(self, pending: H2P, status: int, headers: Dict[str, str], body: bytes) -> None:
         """The service answered ``pending``'s attempt: report the outcome to the engine."""
         raise NotImplementedError
+
+    def payload_body(self, push: OutgoingPush, encoder: json.JSONEncoder) -> bytes:
+        """``push``'s payload as the JSON body of its requests.  Unless remote
+        logging will read it, the payload is dropped then (``push.payload``
+        is emptied): a push held during an outage costs less.
+        :meth:`take_waiting` gives it back to the pushes handed to another
+        client."""
+        body = encoder.encode(push.payload).encode("utf-8")
+        if not self.app.log_remote_urls:
+            push.payload = _DROPPED
+        return body
+
+    def take_waiting(self) -> List[H2P]:
+        taken = super().take_waiting()
+        for pending in taken:
+            if pending.push.payload is _DROPPED:
+                pending.push.payload = json.loads(pending.body)
+        return taken
+
+    def rendered_headers(self, push: OutgoingPush, leave_out: FrozenSet[str] = frozenset()) -> List[Tuple[str, str]]:
+        """The renderer's headers of ``push`` in HTTP/2 form (lower-case
+        names, text values), without those named in ``leave_out``; made for
+        each try rather than held while the push waits."""
+        names = self._header_names
+        headers = []
+        for name, value in push.headers.items():
+            lowered = names.get(name)
+            if lowered is None:
+                if len(names) > 256:  # a renderer that makes up names: do not keep them all
+                    names.clear()
+                lowered = names[name] = str(name).lower()
+            if lowered not in leave_out:
+                headers.append((lowered, value if type(value) is str else str(value)))
+        return headers
 
     # -- the transport of the engine -------------------------------------------
 

@@ -5,18 +5,24 @@ result, or by its deadline.  Where it stands meanwhile (queued, in flight,
 waiting to retry) is kept by the client that owns it
 (:class:`sylkpush.pns.engine.DeliveryClient`), which is told of every answer
 so its counts never drift.  A :class:`PendingQueue` is the FIFO of pushes
-waiting for a connection or a free stream.
+waiting for a connection or a free stream; :class:`Deadlines` watches the
+deadlines of a client's pushes with one timer.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import logging
 import random
 from collections import deque
-from typing import Any, Callable, Deque, Generic, List, Optional, TypeVar
+from typing import Any, Callable, Deque, Generic, List, Optional, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred
 
 from sylkpush.pns.base import OutgoingPush, PushResult, unavailable
+
+log = logging.getLogger(__name__)
 
 #: default bound of a client: pushes queued, in flight and waiting to retry together
 DEFAULT_QUEUE_LIMIT = 10_000
@@ -42,10 +48,10 @@ def backoff_delay(attempt: int, initial: float, cap: float,
 class PendingPush:
     """A push and the Deferred its caller waits on.
 
-    ``owner`` provides ``clock`` (IReactorTime), ``settled(pending, state,
-    result)`` (called once, just before ``result`` is given; ``state`` is
-    where the push stood) and ``expired(pending)`` (the deadline passed
-    unanswered).
+    ``owner`` provides ``clock`` (IReactorTime), ``deadlines`` (a
+    :class:`Deadlines` that calls ``owner.expired(pending)`` when the deadline
+    passed unanswered) and ``settled(pending, state, result)`` (called once,
+    just before ``result`` is given; ``state`` is where the push stood).
     """
 
     def __init__(self, push: OutgoingPush, owner: Any, url: str) -> None:
@@ -61,8 +67,7 @@ class PendingPush:
         self.written = False
         #: an earlier attempt was written and never answered: it may have been delivered
         self.maybe_delivered = False
-        clock = owner.clock
-        self._timer = clock.callLater(max(0.0, push.deadline - clock.seconds()), owner.expired, self)
+        owner.deadlines.watch(self)
 
     @property
     def answered(self) -> bool:
@@ -79,9 +84,9 @@ class PendingPush:
         if state is ANSWERED:
             return False
         self.state = ANSWERED
-        if self._timer.active():
-            self._timer.cancel()
-        self.owner.settled(self, state, result)
+        owner = self.owner
+        owner.deadlines.forget()
+        owner.settled(self, state, result)
         self.deferred.callback(result)
         return True
 
@@ -95,6 +100,80 @@ class PendingPush:
 
 #: the kind of PendingPush a client makes (a transport may add what its attempts need)
 P = TypeVar("P", bound=PendingPush)
+
+
+class Deadlines(Generic[P]):
+    """The deadlines of one client's pushes, on one timer.
+
+    A timer per push would cost a reactor timer object and two heap
+    operations of the reactor (in Python) for each push; here each push is an
+    entry of a heap of tuples, and one IDelayedCall waits for the nearest
+    deadline.  An answered push is not searched for: its entry is skipped
+    when it comes up, and the heap is rebuilt without such entries once they
+    outnumber the others, so a push answered long before its deadline is not
+    held until then.  ``expire(pending)`` is called, in deadline order, for
+    each push whose deadline passed unanswered; it must answer it.
+    """
+
+    def __init__(self, clock: Any, expire: Callable[[P], None]) -> None:
+        self.clock = clock
+        self.expire = expire
+        self._heap: List[Tuple[float, int, P]] = []
+        self._order = itertools.count()  # ties go in the order pushes came
+        #: pushes watched and not answered
+        self.live = 0
+        self._timer: Any = None
+        self._firing = False
+
+    def __len__(self) -> int:
+        return self.live
+
+    def watch(self, pending: P) -> None:
+        """Expire ``pending`` at ``pending.push.deadline`` unless answered by then."""
+        deadline = pending.push.deadline
+        heap = self._heap
+        self.live += 1
+        if len(heap) > 2 * self.live + 64:
+            heap[:] = [entry for entry in heap if entry[2].state is not ANSWERED]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (deadline, next(self._order), pending))
+        if self._firing:
+            return  # the timer is set again once the due pushes are answered
+        timer = self._timer
+        if timer is None:
+            self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._fire)
+        elif deadline < timer.getTime():
+            timer.cancel()
+            self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._fire)
+
+    def forget(self) -> None:
+        """A watched push was answered (its entry goes when it comes up)."""
+        self.live -= 1
+        if not self.live:
+            self._heap.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._firing = True
+        heap = self._heap
+        try:
+            now = self.clock.seconds()
+            while heap and heap[0][0] <= now:
+                pending = heapq.heappop(heap)[2]
+                if pending.state is not ANSWERED:
+                    try:
+                        self.expire(pending)
+                    except Exception:  # a bug there must not leave the later deadlines unwatched
+                        log.exception("%s: answering at the deadline failed", pending.push.request_id)
+        finally:
+            self._firing = False
+        while heap and heap[0][2].state is ANSWERED:
+            heapq.heappop(heap)
+        if heap:
+            self._timer = self.clock.callLater(max(0.0, heap[0][0] - self.clock.seconds()), self._fire)
 
 
 class PendingQueue(Generic[P]):
