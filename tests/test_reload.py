@@ -167,6 +167,7 @@ class ReloadTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_sighup_reloads(self):
+        before = signal.getsignal(signal.SIGHUP)  # SIG_IGN under nohup
         server, _, directory = start_ops_server(self, SYLK_APPLE, handle_sighup=True)
         write_applications(directory, SYLK_APPLE + SYLK_FIREBASE)
         os.kill(os.getpid(), signal.SIGHUP)
@@ -174,7 +175,7 @@ class ReloadTests(unittest.TestCase):
         self.assertIsNotNone(server.registry.get("com.example.sylk", "firebase"))
         self.assertTrue(self.logs.matching("SIGHUP: reloading"))
         yield server.stopService()
-        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_DFL)
+        self.assertEqual(signal.getsignal(signal.SIGHUP), before)
 
     @defer.inlineCallbacks
     def test_overlapping_reloads_run_one_after_the_other(self):
