@@ -55,7 +55,7 @@ from zope.interface import implementer
 
 from sylkpush.pns.h2frames import (
     ACK, CONTINUATION, DATA, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, ENABLE_PUSH, END_HEADERS, END_STREAM, FRAME_HEAD,
-    GOAWAY, HEADER_TABLE_SIZE, HEADERS, INITIAL_WINDOW_SIZE, LARGEST_MAX_FRAME, LARGEST_WINDOW,
+    GOAWAY, HEADER_TABLE_SIZE, INITIAL_WINDOW_SIZE, LARGEST_MAX_FRAME, LARGEST_WINDOW,
     MAX_CONCURRENT_STREAMS, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, PADDED, PING, PREFACE, PRIORITY_FLAG,
     PUSH_PROMISE, RST_STREAM, SETTING, SETTINGS, SETTINGS_ACK, TWO_WORDS, WINDOW_UPDATE, WORD, H2ProtocolError,
     LiteralEncoder, error_name, frame_head, goaway_frame, header_frames, ping_frame, rst_stream_frame,
@@ -286,21 +286,8 @@ class H2ClientProtocol(Protocol):
         self.highest_outbound_stream_id = stream_id
         stream = _Stream(handler, body, self.reactor.seconds(), self._stream_window)
         streams[stream_id] = stream
-        block = self._encoder.encode(headers)
-        output = self._output
-        size = len(body)
-        if len(block) > self._max_frame:
-            output += header_frames(stream_id, block, not size, self._max_frame)
-        else:
-            output += (frame_head(len(block) << 8 | HEADERS, END_HEADERS if size else END_HEADERS | END_STREAM,
-                                  stream_id), block)
-        if size <= self._send_window and size <= stream.window and size <= self._max_frame:
-            if size:  # the whole body in one DATA frame: what nearly every push is
-                output += (frame_head(size << 8 | DATA, END_STREAM, stream_id), body)
-                stream.sent = size
-                stream.window -= size
-                self._send_window -= size
-        else:
+        self._output += header_frames(stream_id, self._encoder.encode(headers), not body, self._max_frame)
+        if body:
             self._send_body(stream_id, stream)
         return stream_id
 

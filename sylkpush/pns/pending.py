@@ -140,11 +140,10 @@ class Deadlines(Generic[P]):
         if self._firing:
             return  # the timer is set again once the due pushes are answered
         timer = self._timer
-        if timer is None:
-            self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._fire)
-        elif deadline < timer.getTime():
-            timer.cancel()
-            self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._fire)
+        if timer is None or deadline < timer.getTime():
+            if timer is not None:
+                timer.cancel()
+            self._schedule(deadline)
 
     def forget(self) -> None:
         """A watched push was answered (its entry goes when it comes up)."""
@@ -173,7 +172,10 @@ class Deadlines(Generic[P]):
         while heap and heap[0][2].state is ANSWERED:
             heapq.heappop(heap)
         if heap:
-            self._timer = self.clock.callLater(max(0.0, heap[0][0] - self.clock.seconds()), self._fire)
+            self._schedule(heap[0][0])
+
+    def _schedule(self, deadline: float) -> None:
+        self._timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), self._fire)
 
 
 class PendingQueue(Generic[P]):
