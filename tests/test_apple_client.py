@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 
 import jwt
 from twisted.internet import reactor
@@ -39,6 +40,23 @@ class CertificateAuthTests(FakeAPNsMixin, TestCase):
         self.assertEqual(delivery.headers["apns-priority"], "10")
         self.assertNotIn("authorization", delivery.headers)
         self.assertEqual(self.fake.deliveries[delivery.apns_id], 1)
+
+    @inlineCallbacks
+    def test_pushes_are_not_held_back_by_nagle(self):
+        # a push is a few hundred bytes: with Nagle's algorithm one written while
+        # the previous is unacknowledged waits for the server's delayed ACK
+        result = yield self.client.send(self.push())
+        self.assertEqual(result.code, 200)
+
+        def no_delay(tls_transport):
+            handle = tls_transport.transport.getHandle()  # the TCP socket under TLS
+            return handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+        self.assertTrue(self.client.ready)
+        self.assertEqual([no_delay(p.transport) for p in self.client.ready], [True] * len(self.client.ready))
+        # the fake answers at once too, as a real server does
+        self.assertTrue(self.fake._connections)
+        self.assertTrue(all(no_delay(c.transport) for c in self.fake._connections))
 
     @inlineCallbacks
     def test_the_payload_is_held_as_json_only_and_given_back_at_a_hand_over(self):

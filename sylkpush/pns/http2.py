@@ -135,6 +135,16 @@ def _unpadded(flags: int, payload: Any, kind: str) -> Any:
 
 
 @implementer(IHandshakeListener)
+def no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off on ``transport``'s TCP connection (under TLS
+    too), where it has one: requests and answers are a few hundred bytes, and
+    one written while the last is unacknowledged would wait for the peer's
+    delayed ACK."""
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)  # not on in-memory transports
+    if set_no_delay is not None:
+        set_no_delay(True)
+
+
 class H2ClientProtocol(Protocol):
     """One HTTP/2 client connection.
 
@@ -199,6 +209,7 @@ class H2ClientProtocol(Protocol):
     # -- Twisted callbacks ---------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
+        no_delay(self.transport)
         self._output.append(PREFACE + settings_frame(CLIENT_SETTINGS))
         self._last_received = self.reactor.seconds()
         self._check_timer = self.reactor.callLater(self.check_interval, self._check)

@@ -19,6 +19,7 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 from twisted.internet.protocol import Protocol
 
+from sylkpush.pns.http2 import no_delay
 from sylkpush.transports import ITLSStreamTransport
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ class H2ServerProtocol(Protocol):
             SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
             SettingCodes.MAX_HEADER_LIST_SIZE: 64 * 1024,
         })
+        no_delay(self.transport)  # as a real server: answers leave at once
         self.conn.initiate_connection()
         self.conn.increment_flow_control_window(WINDOW)
         self.flush()
