@@ -160,7 +160,12 @@ class Daemon:
 
     def cpu_seconds(self) -> float:
         """CPU time of the daemon and its workers so far."""
-        return sum(cpu_seconds(pid) for pid in self.pids)
+        return sum(self.cpu_times())
+
+    def cpu_times(self) -> Tuple[float, float]:
+        """(user, system) CPU seconds of the daemon and its workers so far."""
+        times = [cpu_times(pid) for pid in self.pids]
+        return sum(user for user, _ in times), sum(system for _, system in times)
 
     def memory(self) -> Tuple[float, float]:
         """(current RSS, peak RSS) in MB, of the daemon and its workers together."""
@@ -188,14 +193,20 @@ class Daemon:
         return self.process.returncode
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (0 when it is gone)."""
+def cpu_times(pid: int) -> Tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` so far ((0, 0) when it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as stream:
             fields = stream.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (0 when it is gone)."""
+    return sum(cpu_times(pid))
 
 
 def process_tree(pid: int) -> List[int]:
