@@ -51,8 +51,6 @@ def _expired(table: Dict[Any, float], limit: float, now: float) -> List[Any]:
     return expired
 
 
-FORBIDDEN = answer_bytes(403, "access denied by access list")
-NO_ROOM = answer_bytes(503, "too many connections: try again later")
 
 
 def address_allowed(host: str, networks: Sequence[Any]) -> bool:
@@ -160,11 +158,11 @@ class ApiConnections(ServerFactory):
         if self.allowed and not address_allowed(host, self.allowed):
             log.info("refused connection from %s: 403 not in allowed_hosts", host)
             self.on_refused(403)
-            return RefusedConnection(self, FORBIDDEN)
+            return RefusedConnection(self, answer_bytes(403, "access denied by access list"))
         if self.open_connections() >= self.limit and not self._make_room():
             log.info("refused connection from %s: 503 all %d connections are answering requests", host, self.limit)
             self.on_refused(503)
-            return RefusedConnection(self, NO_ROOM)
+            return RefusedConnection(self, answer_bytes(503, "too many connections: try again later"))
         return HttpConnection(self, self.site)
 
     def open_connections(self) -> int:

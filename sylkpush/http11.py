@@ -76,8 +76,8 @@ def answer_bytes(code: int, description: str) -> bytes:
     """A whole HTTP/1.1 JSON answer that closes the connection, for callers
     whose request is not (or no longer) read."""
     body = envelope(code, description)
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-            % (code, REASONS.get(code, b"Unknown"), len(body))) + body
+    return (b"HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (code, REASONS.get(code, b"Unknown"), http_date(), len(body))) + body
 
 
 #: the second and its HTTP date, last formatted

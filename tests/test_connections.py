@@ -63,6 +63,7 @@ class ConnectionRules(unittest.TestCase):
         self.make(allowed=[ipaddress.ip_network("192.0.2.0/24")])
         _, transport = self.connect("127.0.0.1")
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 Forbidden\r\n"))
+        self.assertIn(b"\r\nDate: ", transport.value())  # every answer is dated, refusals too
         self.assertTrue(transport.value().endswith(b'"access denied by access list", "data": {}}'))
         self.assertEqual((len(self.connections.protocols), self.refusals), (0, [403]))
         transport.protocol.dataReceived(b"POST /push HTTP/1.1\r\nContent-Length: 100000\r\n\r\n{")

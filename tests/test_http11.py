@@ -102,6 +102,7 @@ class _Harness:
         self.assertEqual((status, body["code"]), (code, code))
         self.assertIn(words, body["description"])
         self.assertEqual((headers["connection"], headers["content-type"]), ("close", "application/json"))
+        self.assertRegex(headers["date"], r"^\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT$")
         self.assertFalse(transport.connected)
         self.assertEqual(self.refusals[-1], code)
         self.assertTrue(self.logs.matching(f"refused request from 127.0.0.1: {code} "))
