@@ -13,7 +13,8 @@ from typing import Any, Dict, List, Tuple
 
 from h2.errors import ErrorCodes
 from hpack import Encoder
-from hpack.table import HeaderTable
+
+from sylkpush.pns.hpack_decoder import STATIC_TABLE
 
 #: what a client says first (RFC 9113 §3.4), before its SETTINGS
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -141,7 +142,8 @@ def _as_bytes(value: Any) -> bytes:
 
 
 #: static table entries: (name, value) -> index, and name -> its first index
-_STATIC = {entry: index for index, entry in reversed(list(enumerate(HeaderTable.STATIC_TABLE, 1)))}
+_STATIC = {(name.encode(), value.encode()): index
+           for index, (name, value) in reversed(list(enumerate(STATIC_TABLE, 1)))}
 _STATIC_NAMES = {name: index for (name, _), index in reversed(list(_STATIC.items()))}
 
 
