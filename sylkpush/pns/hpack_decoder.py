@@ -278,11 +278,8 @@ class HeaderBlockDecoder:
         return position
 
     def _add(self, header: Tuple[str, str], size: int, name_length: int) -> None:
-        if size > self.table_size:  # empties the table, and is not added (§4.4)
-            del self._entries[_FIRST_DYNAMIC:]
-            del self._sizes[_FIRST_DYNAMIC:]
-            self.table_octets = 0
-            return
+        # added, then the oldest evicted until the table fits: an entry larger
+        # than the whole table empties it and is not kept either (§4.4)
         self._entries.insert(_FIRST_DYNAMIC, header)
         self._sizes.insert(_FIRST_DYNAMIC, (size, name_length))
         self.table_octets += size
