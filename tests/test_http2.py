@@ -533,3 +533,18 @@ class LiteralEncoderTests(TestCase):
         self.assertEqual(decoder.decode(block), HEADERS)
         self.assertEqual(decoder.header_table.maxsize, 256)
         self.assertEqual(encoder.encode(HEADERS)[:1], b"\x83")  # signalled once
+
+    def test_the_smallest_and_the_last_table_size_are_signalled(self):
+        from hpack import Decoder
+
+        encoder, decoder = LiteralEncoder(), Decoder()
+        for size in (100, 0, 4096):  # three SETTINGS between two requests
+            encoder.header_table_size = size
+        block = encoder.encode(HEADERS)
+        self.assertEqual(block[:4], b"\x20\x3f\xe1\x1f")  # 0, then 4096
+        self.assertEqual(decoder.decode(block), HEADERS)
+        self.assertEqual(decoder.header_table.maxsize, 4096)
+        encoder.header_table_size = 4096  # no change
+        self.assertEqual(encoder.encode(HEADERS)[:1], b"\x83")
+        encoder.header_table_size = 1000
+        self.assertEqual(encoder.encode(HEADERS)[:3], b"\x3f\xc9\x07")  # 1000 alone
