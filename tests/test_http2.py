@@ -461,6 +461,10 @@ class FramingTests(H2PeerCase):
         ("HEADERS on a server stream", raw(0x1, b"\x88", flags=0x5, stream_id=2), ErrorCodes.PROTOCOL_ERROR),
         ("HEADERS on a stream never opened", raw(0x1, b"\x88", flags=0x5, stream_id=99), ErrorCodes.PROTOCOL_ERROR),
         ("HEADERS that HPACK cannot decode", raw(0x1, b"\x80", flags=0x5, stream_id=1), ErrorCodes.COMPRESSION_ERROR),
+        ("HEADERS resizing the HPACK table beyond our 4096", raw(0x1, b"\x3f\xe2\x1f\x88", flags=0x5, stream_id=1),
+         ErrorCodes.COMPRESSION_ERROR),
+        ("HEADERS with Huffman padding of zeros", raw(0x1, b"\x88\x00\x81\x18\x00", flags=0x5, stream_id=1),
+         ErrorCodes.COMPRESSION_ERROR),
         ("DATA padded beyond its length", raw(0x0, b"\x05xy", flags=0x9, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
         ("CONTINUATION of nothing", raw(0x9, b"\x88", flags=0x4, stream_id=1), ErrorCodes.PROTOCOL_ERROR),
         ("HEADERS not continued", raw(0x1, b"\x88", stream_id=1) + raw(0x6, bytes(8)), ErrorCodes.PROTOCOL_ERROR),
@@ -529,3 +533,18 @@ class LiteralEncoderTests(TestCase):
         self.assertEqual(decoder.decode(block), HEADERS)
         self.assertEqual(decoder.header_table.maxsize, 256)
         self.assertEqual(encoder.encode(HEADERS)[:1], b"\x83")  # signalled once
+
+    def test_the_smallest_and_the_last_table_size_are_signalled(self):
+        from hpack import Decoder
+
+        encoder, decoder = LiteralEncoder(), Decoder()
+        for size in (100, 0, 4096):  # three SETTINGS between two requests
+            encoder.header_table_size = size
+        block = encoder.encode(HEADERS)
+        self.assertEqual(block[:4], b"\x20\x3f\xe1\x1f")  # 0, then 4096
+        self.assertEqual(decoder.decode(block), HEADERS)
+        self.assertEqual(decoder.header_table.maxsize, 4096)
+        encoder.header_table_size = 4096  # no change
+        self.assertEqual(encoder.encode(HEADERS)[:1], b"\x83")
+        encoder.header_table_size = 1000
+        self.assertEqual(encoder.encode(HEADERS)[:3], b"\x3f\xc9\x07")  # 1000 alone

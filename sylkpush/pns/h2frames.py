@@ -9,11 +9,11 @@ running a general HTTP/2 state machine and frame objects per frame.
 from __future__ import annotations
 
 import struct
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from h2.errors import ErrorCodes
-from hpack import Encoder
-from hpack.table import HeaderTable
+
+from sylkpush.pns.hpack_decoder import DEFAULT_TABLE_SIZE, STATIC_TABLE
 
 #: what a client says first (RFC 9113 §3.4), before its SETTINGS
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -141,11 +141,12 @@ def _as_bytes(value: Any) -> bytes:
 
 
 #: static table entries: (name, value) -> index, and name -> its first index
-_STATIC = {entry: index for index, entry in reversed(list(enumerate(HeaderTable.STATIC_TABLE, 1)))}
+_STATIC = {(name.encode(), value.encode()): index
+           for index, (name, value) in reversed(list(enumerate(STATIC_TABLE, 1)))}
 _STATIC_NAMES = {name: index for (name, _), index in reversed(list(_STATIC.items()))}
 
 
-class LiteralEncoder(Encoder):
+class LiteralEncoder:
     """An HPACK encoder that never uses the dynamic table.
 
     Each header is the static table entry that matches it whole, or a literal
@@ -153,8 +154,9 @@ class LiteralEncoder(Encoder):
     never indexed, §6.2.3), without Huffman coding.  A header's encoding then
     depends on nothing else: it is computed once and kept, and a request's
     header block is made of kept pieces.  The blocks grow by some bytes; no
-    table search and no Huffman coding.  Changes of the peer's table size
-    (``header_table_size``) are still signalled.
+    table search and no Huffman coding.  Changes of the table size the peer
+    allows (``header_table_size``) are still signalled (§4.2): the smallest
+    since the last block, if below the last, then the last.
     """
 
     #: header encodings kept at most (the per-push ones, like :path, come and go)
@@ -162,15 +164,32 @@ class LiteralEncoder(Encoder):
     SENSITIVE = frozenset((b"authorization",))
 
     def __init__(self) -> None:
-        super().__init__()
         self._kept: Dict[Tuple[Any, Any], bytes] = {}
+        self._table_size = DEFAULT_TABLE_SIZE
+        #: the smallest table size since the last block, when it changed
+        self._smallest: Optional[int] = None
 
-    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+    @property
+    def header_table_size(self) -> int:
+        """The dynamic table size the peer allows (its SETTINGS_HEADER_TABLE_SIZE)."""
+        return self._table_size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        if value != self._table_size or self._smallest is not None:
+            self._smallest = value if self._smallest is None else min(self._smallest, value)
+            self._table_size = value
+
+    def encode(self, headers: Any) -> bytes:
+        """The header block of ``headers``, (name, value) pairs of bytes or str."""
         kept = self._kept
         block = []
-        if self.header_table.resized:
-            block.append(self._encode_table_size_change())
-            self.header_table.resized = False
+        smallest = self._smallest
+        if smallest is not None:
+            self._smallest = None
+            if smallest < self._table_size:
+                block.append(_hpack_integer(smallest, 5, 0x20))
+            block.append(_hpack_integer(self._table_size, 5, 0x20))
         for header in headers:
             key = (header[0], header[1])
             piece = kept.get(key)

@@ -2,8 +2,8 @@
 
 :class:`H2ClientProtocol` owns frames (written and read here with the
 layouts of :mod:`sylkpush.pns.h2frames`; header blocks decoded by
-``hpack``), stream ids, flow control, PING and the mapping of each response
-to the request that opened its stream.  It decides nothing about retries or
+:mod:`sylkpush.pns.hpack_decoder`), stream ids, flow control, PING and the
+mapping of each response to the request that opened its stream.  It decides nothing about retries or
 reconnecting: it tells its listener (the connection manager, e.g.
 :class:`sylkpush.pns.apple.AppleClient`) what happened.
 
@@ -47,7 +47,6 @@ import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from h2.errors import ErrorCodes
-from hpack import Decoder, HPACKError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -60,6 +59,7 @@ from sylkpush.pns.h2frames import (
     PUSH_PROMISE, RST_STREAM, SETTING, SETTINGS, SETTINGS_ACK, TWO_WORDS, WINDOW_UPDATE, WORD, H2ProtocolError,
     LiteralEncoder, error_name, frame_head, goaway_frame, header_frames, ping_frame, rst_stream_frame,
     settings_frame, window_update_frame)
+from sylkpush.pns.hpack_decoder import HeaderBlockDecoder, HeaderBlockError
 from sylkpush.transports import ITLSStreamTransport
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class H2ClientProtocol(Protocol):
         self._encoder = LiteralEncoder()
         #: every header block of the peer goes through it, in order: the
         #: peer's dynamic table is rebuilt from them
-        self._decoder = Decoder()
+        self._decoder = HeaderBlockDecoder(max_header_list=MAX_HEADER_LIST)
         self._input = bytearray()
         self._output: List[bytes] = []
         #: a header block waiting for its CONTINUATION: stream id, block so
@@ -410,15 +410,15 @@ class H2ClientProtocol(Protocol):
         # decoded even when nobody waits for it: the peer's later blocks may
         # refer to what this one adds to its table
         try:
-            headers = self._decoder.decode(bytes(block))
-        except (HPACKError, IndexError, TypeError, UnicodeDecodeError) as exc:
+            headers = self._decoder.decode(block)
+        except HeaderBlockError as exc:
             raise H2ProtocolError(_COMPRESSION_ERROR, f"a header block that cannot be decoded: {exc}")
         stream = self._streams.get(stream_id)
         if stream is None:
             self._check_stream(stream_id)
             return
         if stream.headers is None:  # the response's (not trailers)
-            fields: Dict[str, str] = dict(headers)  # type: ignore[arg-type]  # (str, str) tuples
+            fields = dict(headers)
             try:
                 status = int(fields.pop(":status", "0"))
             except ValueError:
