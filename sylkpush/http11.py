@@ -31,7 +31,6 @@ from io import BytesIO
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes as unquote
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -39,6 +38,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
 from sylkpush.dispatch import exc_info_of
+from sylkpush.transports import send_now
 
 log = logging.getLogger("sylkpush.web")
 #: the access log: one line per answer, at DEBUG only (see :class:`Site`)
@@ -373,27 +373,6 @@ class Site:
     def log(self, request: HttpRequest) -> None:
         if access_log.isEnabledFor(logging.DEBUG):
             access_log.debug("%s", http.combinedLogFormatter(http.datetimeToLogString(), request).rstrip())
-
-
-def send_now(transport: Any, data: bytes) -> None:
-    """Write ``data`` to ``transport``; on a plain TCP connection with nothing
-    queued, straight to the socket.
-
-    An answer fits the socket's buffer nearly always: sending it at once
-    spares the two epoll changes and the extra reactor pass of a queued
-    write.  What the socket does not take, or any error, is left to
-    Twisted's own write.
-    """
-    if type(transport) is tcp.Server and not (transport.dataBuffer or transport._tempDataBuffer
-                                              or transport.disconnecting):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:  # EAGAIN, or an error Twisted's write will find and report
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 class HttpConnection:

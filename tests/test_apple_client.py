@@ -59,6 +59,30 @@ class CertificateAuthTests(FakeAPNsMixin, TestCase):
         self.assertTrue(all(no_delay(c.transport) for c in self.fake._connections))
 
     @inlineCallbacks
+    def test_requests_go_straight_to_the_socket(self):
+        # a pass's requests are encrypted and sent as the pass ends, without
+        # waiting for another pass to find the socket writable
+        self.assertEqual((yield self.client.send(self.push())).code, 200)
+        waited = []
+        for protocol in self.client.ready:
+            below = protocol.transport.transport  # the TCP connection under TLS
+            below.startWriting = lambda below=below, start=below.startWriting: (waited.append(below), start())
+        results = yield gatherResults([self.client.send(self.push(request_id=f"now-{n}")) for n in range(20)])
+        self.assertEqual({result.code for result in results}, {200})
+        self.assertEqual(len(self.fake.notifications), 21)
+        self.assertEqual(waited, [])
+        # encrypted and sent when the pass ends, not gathered again by Twisted for a later pass
+        sent = []
+        for protocol in self.client.ready:
+            below = protocol.transport.transport
+            below.write = lambda data, send=below.write: (sent.append(len(data)), send(data))
+        answer = self.client.send(self.push(request_id="one-pass"))
+        for protocol in self.client.ready:
+            protocol.write_out()  # what the end of the pass does
+        self.assertTrue(sent)
+        self.assertEqual((yield answer).code, 200)
+
+    @inlineCallbacks
     def test_the_payload_is_held_as_json_only_and_given_back_at_a_hand_over(self):
         payload = {"event": "incoming_session", "call-id": "c1", "from_display_name": "Zoë"}
         push = self.push(payload=dict(payload))

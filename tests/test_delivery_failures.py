@@ -198,6 +198,7 @@ class StreamLimitTests(Setup, unittest.TestCase):
         self.start(default=Behaviour(max_streams=None, answer=lambda c, h: None))
         for n in range(1500):
             self.send(f"message-{n}", deadline_in=MINUTES_17)
+        self.clock.advance(0)  # the end of the reactor pass: the requests are written
         self.clock.advance(0.1)
         self.assertLessEqual(max(c.max_open for c in self.network.connections), 1000)
         self.assertEqual(self.network.received, min(1500, 1000 * pool_size(self.client)))

@@ -93,7 +93,8 @@ class H2PeerCase(TestCase):
         self.server_events = self.exchange()
 
     def exchange(self) -> list:
-        """Carry bytes both ways once; the server's events."""
+        """Carry bytes both ways once (after the client's reactor pass); the server's events."""
+        self.clock.advance(0)  # the client writes what it made at the end of a pass
         data = self.transport.value()
         self.transport.clear()
         events = self.server.receive_data(data) if data else []
@@ -106,6 +107,7 @@ class H2PeerCase(TestCase):
         handler = Handler()
         self.protocol.request(headers, body, handler)
         self.protocol.flush()
+        self.clock.advance(0)
         return handler
 
     def respond(self, stream_id: int, status: int, body: bytes = b"") -> None:
@@ -358,6 +360,7 @@ class FramingTests(H2PeerCase):
         self.assertEqual(handlers[0].outcomes, [("response", 200, {"x-first": "one"}, b"")])
         self.assertEqual(handlers[1].outcomes, [])
         self.assertEqual(handlers[2].outcomes, [("response", 200, {"x-first": "one", "x-second": "two"}, b"")])
+        self.clock.advance(0)  # the end of the reactor pass
         self.assertEqual(frame_types(self.transport.value()), ["RST_STREAM"])
 
     def test_the_peers_header_table_followed_while_it_evicts(self):

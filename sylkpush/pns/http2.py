@@ -60,7 +60,7 @@ from sylkpush.pns.h2frames import (
     LiteralEncoder, error_name, frame_head, goaway_frame, header_frames, ping_frame, rst_stream_frame,
     settings_frame, window_update_frame)
 from sylkpush.pns.hpack_decoder import HeaderBlockDecoder, HeaderBlockError
-from sylkpush.transports import ITLSStreamTransport
+from sylkpush.transports import ITLSStreamTransport, no_delay, send_at_once, write_through
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +135,6 @@ def _unpadded(flags: int, payload: Any, kind: str) -> Any:
 
 
 @implementer(IHandshakeListener)
-def no_delay(transport: Any) -> None:
-    """Turn Nagle's algorithm off on ``transport``'s TCP connection (under TLS
-    too), where it has one: requests and answers are a few hundred bytes, and
-    one written while the last is unacknowledged would wait for the peer's
-    delayed ACK."""
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)  # not on in-memory transports
-    if set_no_delay is not None:
-        set_no_delay(True)
-
-
 class H2ClientProtocol(Protocol):
     """One HTTP/2 client connection.
 
@@ -201,6 +191,8 @@ class H2ClientProtocol(Protocol):
         self._suspect = False
         self._closing_since = 0.0
         self._check_timer: Any = None
+        #: the write of this reactor pass's frames (flush)
+        self._write_call: Any = None
         self._close_reason = "connection closed"
         #: SETTINGS_MAX_CONCURRENT_STREAMS of the peer (None: not said)
         self._peer_max_streams: Optional[int] = None
@@ -210,6 +202,7 @@ class H2ClientProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802
         no_delay(self.transport)
+        send_at_once(self.transport)
         self._output.append(PREFACE + settings_frame(CLIENT_SETTINGS))
         self._last_received = self.reactor.seconds()
         self._check_timer = self.reactor.callLater(self.check_interval, self._check)
@@ -325,11 +318,26 @@ class H2ClientProtocol(Protocol):
             self._ping(now)
 
     def flush(self) -> None:
-        """Write the frames made since the last flush, in one go."""
+        """Write the frames made so far once this reactor pass is over: the
+        requests of a pass leave in one TLS record, sent at once."""
+        if self._output and self._write_call is None and self.transport is not None:  # None: not connected yet
+            self._write_call = self.reactor.callLater(0, self.write_out)
+
+    def write_out(self) -> None:
+        """Write the frames made so far, now."""
+        if self._write_call is not None:
+            if self._write_call.active():
+                self._write_call.cancel()
+            self._write_call = None
         output = self._output
-        if output and self.transport is not None:  # None: not connected yet
+        if output and self.transport is not None:
             self._output = []
-            self.transport.write(b"".join(output))
+            write_through(self.transport, b"".join(output))
+
+    def _lose_connection(self) -> None:
+        """Close once what is written (and the frames made so far) are out."""
+        self.write_out()
+        self.transport.loseConnection()
 
     def close(self, reason: str = "closed by the client") -> None:
         """Say GOAWAY (unless closing already) and close; streams still open are reported LOST."""
@@ -338,8 +346,7 @@ class H2ClientProtocol(Protocol):
         if not self.closing:
             self._start_closing(reason)
             self._output.append(goaway_frame(int(ErrorCodes.NO_ERROR)))
-            self.flush()
-        self.transport.loseConnection()
+        self._lose_connection()
 
     def abort(self, reason: str) -> None:
         """Drop the connection at once (protocol errors, dead peer); its open
@@ -541,7 +548,7 @@ class H2ClientProtocol(Protocol):
         if first_goaway:
             self.listener.connection_goaway(self, reason)
         if not self._streams:
-            self.transport.loseConnection()
+            self._lose_connection()
 
     def _on_window_update(self, flags: int, stream_id: int, payload: bytearray) -> None:
         if len(payload) != 4:
@@ -590,9 +597,8 @@ class H2ClientProtocol(Protocol):
         self._continued = None
         self._input.clear()
         self._output.append(goaway_frame(code, 0, message.encode("utf-8", "replace")[:200]))
-        self.flush()
         self._fail_streams(reason)
-        self.transport.loseConnection()
+        self._lose_connection()
 
     def _retire(self, reason: str) -> None:
         """Open no more streams here; close once those open are answered."""
@@ -602,14 +608,14 @@ class H2ClientProtocol(Protocol):
         self._start_closing(f"retired: {reason}")
         self.listener.connection_goaway(self, self._close_reason)
         if not self._streams and self.transport is not None:
-            self.transport.loseConnection()
+            self._lose_connection()
 
     def _stream_closed(self) -> None:
         """After a stream ended: the manager may start another, or a
         connection draining after GOAWAY may now close."""
         if self.closing:
             if not self._streams and self.transport is not None:
-                self.transport.loseConnection()
+                self._lose_connection()
         else:
             self.listener.streams_available(self)
 
@@ -693,9 +699,10 @@ class H2ClientProtocol(Protocol):
         self.flush()
 
     def _cancel_timers(self) -> None:
-        if self._check_timer is not None and self._check_timer.active():
-            self._check_timer.cancel()
-        self._check_timer = None
+        for timer in (self._check_timer, self._write_call):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._check_timer = self._write_call = None
 
     def _peer(self) -> str:
         try:

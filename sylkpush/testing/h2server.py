@@ -19,8 +19,7 @@ from h2.exceptions import H2Error
 from h2.settings import SettingCodes, Settings
 from twisted.internet.protocol import Protocol
 
-from sylkpush.pns.http2 import no_delay
-from sylkpush.transports import ITLSStreamTransport
+from sylkpush.transports import ITLSStreamTransport, no_delay
 
 log = logging.getLogger(__name__)
 
