@@ -95,6 +95,21 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(code, 404)
 
     @defer.inlineCallbacks
+    def test_what_was_frozen_at_start_is_given_back_at_a_reload(self):
+        import gc
+
+        from sylkpush.service import freeze_start_objects
+
+        self.addCleanup(gc.unfreeze)
+        freeze_start_objects()  # as the daemon does once it has started
+        self.assertGreater(gc.get_freeze_count(), 0)
+        write_applications(self.directory, SYLK_APPLE_CHANGED + SYLK_FIREBASE)
+        applied = yield self.server.reload()
+        self.assertTrue(applied)
+        # the retired client was frozen with the rest: it must be collectable again
+        self.assertEqual(gc.get_freeze_count(), 0)
+
+    @defer.inlineCallbacks
     def test_changed_app_replaced(self):
         old = self.app().client
         write_applications(self.directory, SYLK_APPLE_CHANGED + SYLK_FIREBASE)
