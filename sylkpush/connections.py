@@ -51,8 +51,6 @@ def _expired(table: Dict[Any, float], limit: float, now: float) -> List[Any]:
     return expired
 
 
-
-
 def address_allowed(host: str, networks: Sequence[Any]) -> bool:
     """True when ``host`` (an address as text) is in one of ``networks``."""
     try:

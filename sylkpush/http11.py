@@ -31,14 +31,14 @@ from io import BytesIO
 from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes as unquote
 
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
 from sylkpush.dispatch import exc_info_of
-from sylkpush.transports import send_now
+from sylkpush.transports import no_delay, send_now
 
 log = logging.getLogger("sylkpush.web")
 #: the access log: one line per answer, at DEBUG only (see :class:`Site`)
@@ -416,8 +416,7 @@ class HttpConnection:
     def makeConnection(self, transport: Any) -> None:  # noqa: N802 (Twisted's names)
         self.transport = transport
         self.factory.register(self)
-        if ITCPTransport.providedBy(transport):
-            transport.setTcpNoDelay(True)  # answers are small: no waiting for the caller's ACK
+        no_delay(transport)  # answers are small: no waiting for the caller's ACK
 
     def connectionMade(self) -> None:  # noqa: N802
         pass

@@ -146,9 +146,10 @@ def _safe(value: Any) -> bool:
 def _choice(value: str, key: str, choices: Any) -> str:
     """``value`` when it is one of ``choices`` (as the choice's own string:
     a push that waits holds no copy of it)."""
-    if value not in choices:
-        raise ValidationError(key, "must be one of " + ", ".join(choices))
-    return choices[choices.index(value)]
+    try:
+        return choices[choices.index(value)]
+    except ValueError:
+        raise ValidationError(key, "must be one of " + ", ".join(choices)) from None
 
 
 def _bool(body: Mapping[str, Any], key: str, default: bool) -> bool:
@@ -190,7 +191,7 @@ def parse_platform(body: Mapping[str, Any], custom: Iterable[str] = ()) -> str:
         return canonical
     if value in custom:
         return value
-    raise ValidationError("platform", "must be one of " + ", ".join(sorted(set(PLATFORM_ALIASES) | set(custom))))
+    return _choice(value, "platform", sorted(set(PLATFORM_ALIASES) | set(custom)))  # refused: says the choices
 
 
 def parse_app_id(body: Mapping[str, Any]) -> str:

@@ -339,6 +339,11 @@ class H2ClientProtocol(Protocol):
         self.write_out()
         self.transport.loseConnection()
 
+    def _close_if_drained(self) -> None:
+        """A closing connection whose last stream is done: close it."""
+        if not self._streams and self.transport is not None:
+            self._lose_connection()
+
     def close(self, reason: str = "closed by the client") -> None:
         """Say GOAWAY (unless closing already) and close; streams still open are reported LOST."""
         if not self.connected or self.lost:
@@ -547,8 +552,7 @@ class H2ClientProtocol(Protocol):
             refused[stream_id].handler.failed(UNPROCESSED, reason)
         if first_goaway:
             self.listener.connection_goaway(self, reason)
-        if not self._streams:
-            self._lose_connection()
+        self._close_if_drained()
 
     def _on_window_update(self, flags: int, stream_id: int, payload: bytearray) -> None:
         if len(payload) != 4:
@@ -607,15 +611,13 @@ class H2ClientProtocol(Protocol):
         log.info("HTTP/2 connection to %s retired: %s", self._peer(), reason)
         self._start_closing(f"retired: {reason}")
         self.listener.connection_goaway(self, self._close_reason)
-        if not self._streams and self.transport is not None:
-            self._lose_connection()
+        self._close_if_drained()
 
     def _stream_closed(self) -> None:
         """After a stream ended: the manager may start another, or a
         connection draining after GOAWAY may now close."""
         if self.closing:
-            if not self._streams and self.transport is not None:
-                self._lose_connection()
+            self._close_if_drained()
         else:
             self.listener.streams_available(self)
 
