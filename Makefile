@@ -101,6 +101,7 @@ deb:
 
 # make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase WORKERS=1,2 PROFILE=1
 # make bench AGAINST=/tmp/old-checkout   (each run also with that tree's daemon, alternating)
+# make bench FAKE=node   (the Node.js fake, scripts/bench-fake.mjs: far less CPU per request than the Python one)
 DURATION ?= 10
 LATENCIES ?= 0,50,200
 RATES ?= 0
@@ -110,6 +111,7 @@ QUEUED ?= 10000
 WORKERS ?= 1,2
 PROFILE ?=
 AGAINST ?=
+FAKE ?= python
 BENCH_ARGS ?=
 
 bench: $(STAMP)
@@ -117,7 +119,7 @@ bench: $(STAMP)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	@if [ -n "$(PROFILE)" ]; then $(VPY) -m pip install --quiet py-spy; fi
 	PYTHONPATH=. $(VPY) scripts/bench --duration $(DURATION) --latencies $(LATENCIES) --rates $(RATES) \
-	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) --workers $(WORKERS) \
+	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) --workers $(WORKERS) --fake $(FAKE) \
 	  $(if $(PROFILE),--profile) $(if $(AGAINST),--against $(AGAINST)) $(BENCH_ARGS)
 
 # the v2 lines only, with SQLite and then with a one-node Cassandra started for them
