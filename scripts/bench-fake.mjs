@@ -56,9 +56,10 @@ let connections = 0;
 
 // -- what both services share -------------------------------------------------
 
+const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
+
 /** The call-id a rendered sylk payload carries (as sylkpush.testing.control.call_id_of). */
 function callIdOf(payload) {
-  const isObject = (value) => value !== null && typeof value === 'object' && !Array.isArray(value);
   if (!isObject(payload)) return '';
   for (const candidate of [payload, payload.data, (payload.message || {}).data]) {
     if (isObject(candidate)) {
@@ -117,7 +118,7 @@ function checkApns(headers, rawHeaders, body) {
   if (body.length === 0) return [400, 'PayloadEmpty'];
   if (body.length > (pushType === 'voip' ? 5120 : 4096)) return [413, 'PayloadTooLarge'];
   const payload = parseJson(body);
-  if (payload === null || typeof payload !== 'object' || Array.isArray(payload)) return [400, 'BadPayload'];
+  if (!isObject(payload)) return [400, 'BadPayload'];
   return [200, '', payload];
 }
 
@@ -138,25 +139,58 @@ const accountKey = APNS ? null : crypto.createPublicKey(account.private_key);
 const accessTokens = new Map(); // access token -> expiry (ms)
 let messageIds = Date.now() % 1e12;
 
-function fcmError(stream, status, code, message) {
-  answerJson(stream, status, { error: { code: status, message, status: code } });
+const FCM_ERROR_TYPE = 'type.googleapis.com/google.firebase.fcm.v1.FcmError';
+const BAD_REQUEST_TYPE = 'type.googleapis.com/google.rpc.BadRequest';
+
+/** An FCM v1 error answer; ``violation``: [field, description] of an INVALID_ARGUMENT. */
+function fcmError(stream, status, code, message, violation) {
+  const error = { code: status, message, status: code };
+  if (violation) {
+    error.details = [{ '@type': FCM_ERROR_TYPE, errorCode: code },
+      { '@type': BAD_REQUEST_TYPE, fieldViolations: [{ field: violation[0], description: violation[1] }] }];
+  }
+  answerJson(stream, status, { error });
 }
 
-/** FCM's checks of a v1 send request (a subset of fake_fcm.validate_v1): [field, description] or null. */
+/** The first reason FCM would refuse a send request, [field, description], as fake_fcm.validate_v1; or null. */
 function invalidMessage(document) {
-  if (document === null || typeof document !== 'object' || Array.isArray(document)) {
-    return ['', 'Invalid JSON payload received. Root element must be a message.'];
+  if (!isObject(document)) return ['', 'Invalid JSON payload received. Root element must be a message.'];
+  const unknown = Object.keys(document).find((key) => key !== 'message' && key !== 'validate_only');
+  if (unknown !== undefined) {
+    return [unknown, `Invalid JSON payload received. Unknown name "${unknown}": Cannot find field.`];
   }
   const message = document.message;
-  if (message === null || typeof message !== 'object') return ['message', 'message is missing.'];
+  if (!isObject(message)) return ['message', 'Request contains an invalid argument: message is missing.'];
   const targets = ['token', 'topic', 'condition'].filter((key) => key in message);
   if (targets.length !== 1) return ['message', 'Exactly one of token, topic or condition must be specified.'];
   const target = message[targets[0]];
-  if (typeof target !== 'string' || !target.trim() || /\s/.test(target)) {
-    return [`message.${targets[0]}`, `Invalid value at 'message.${targets[0]}'`];
+  if (typeof target !== 'string') {
+    return [`message.${targets[0]}`, `Invalid value at 'message.${targets[0]}' (TYPE_STRING)`];
   }
-  for (const [key, value] of Object.entries(message.data ?? {})) {
-    if (typeof value !== 'string') return [`message.data.${key}`, `Invalid value at 'message.data' (TYPE_STRING)`];
+  if (targets[0] === 'token' && (!target.trim() || /\s/.test(target))) {
+    return ['message.token', 'The registration token is not a valid FCM registration token'];
+  }
+  if (message.data !== undefined && message.data !== null) {
+    if (!isObject(message.data)) return ['message.data', "Invalid value at 'message.data' (Map), must be an object"];
+    const index = Object.values(message.data).findIndex((value) => typeof value !== 'string');
+    if (index >= 0) {
+      const field = `message.data[${index}].value`;
+      return [field, `Invalid value at '${field}' (TYPE_STRING), ${JSON.stringify(Object.values(message.data)[index])}`];
+    }
+  }
+  const android = message.android;
+  if (android !== undefined && android !== null) {
+    if (!isObject(android)) return ['message.android', "Invalid value at 'message.android', must be an object"];
+    const { ttl, priority } = android;
+    if (ttl !== undefined && ttl !== null && (typeof ttl !== 'string' || !/^\d+(\.\d{1,9})?s$/.test(ttl))) {
+      return ['message.android.ttl', 'Invalid value at \'message.android.ttl\' '
+        + `(type.googleapis.com/google.protobuf.Duration), ${JSON.stringify(ttl)}`];
+    }
+    if (priority !== undefined && priority !== null
+        && (typeof priority !== 'string' || !['normal', 'high'].includes(priority.toLowerCase()))) {
+      return ['message.android.priority', 'Invalid value at \'message.android.priority\' '
+        + `(type.googleapis.com/google.firebase.fcm.v1.AndroidMessagePriority), ${JSON.stringify(priority)}`];
+    }
   }
   return null;
 }
@@ -177,7 +211,7 @@ function onFcmPush(stream, headers, rawHeaders, body) {
   const document = parseJson(body);
   if (document === undefined) return fcmError(stream, 400, 'INVALID_ARGUMENT', 'Invalid JSON payload received.');
   const problem = invalidMessage(document);
-  if (problem) return fcmError(stream, 400, 'INVALID_ARGUMENT', problem[1]);
+  if (problem) return fcmError(stream, 400, 'INVALID_ARGUMENT', problem[1], problem);
   answerJson(stream, 200, { name: `projects/${account.project_id}/messages/${messageIds++}` },
     callIdOf(document.message));
 }
@@ -259,7 +293,7 @@ server.on('stream', (stream, headers, flags, rawHeaders) => {
 server.on('sessionError', () => {});
 server.on('tlsClientError', () => {}); // e.g. an APNs client without a certificate: refused
 
-const listen = (target, port) => new Promise((resolve) => target.listen(port, args.host, resolve));
+const listen = (target, port, host = args.host) => new Promise((resolve) => target.listen(port, host, resolve));
 let port = Number(args.port);
 
 function stats() {
@@ -299,7 +333,7 @@ const control = http.createServer((request, response) => {
 await listen(server, port);
 port = server.address().port;
 if (!APNS) await listen(https.createServer(tls, onTokenRequest), Number(new URL(account.token_uri).port));
-await listen(control, Number(args['control-port']));
+await listen(control, Number(args['control-port']), '127.0.0.1'); // loopback only: a test tool
 const host = args.host.includes(':') ? `[${args.host}]` : args.host;
 console.log(`${APNS ? 'fake APNs' : 'fake FCM'} listening on ${host}:${port}`);
 console.log(`control port ${control.address().port}`);

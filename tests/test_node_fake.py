@@ -115,6 +115,8 @@ class NodeFakeTests(unittest.TestCase):
             for n in range(3)])
         self.assertEqual([result.code for result in results], [200, 200, 200])
         self.assertEqual(client.tokens.refreshes, 1)  # its assertion was accepted once, then the token reused
+        bad_token = yield client.send(push_for("bad token", reactor, payload=v1_payload("bad token")))
+        self.assertEqual(bad_token.code, 410)  # FCM's INVALID_ARGUMENT about message.token: purge it
         self.assertEqual(fake.delivered("node-"), {"node-0": 1, "node-1": 1, "node-2": 1})
 
         path = values["firebase_push_url"].split(str(fake.port), 1)[1]
