@@ -6,7 +6,7 @@
 #   make check  type-check sylkpush with mypy (settings in mypy.ini; installs mypy into .venv)
 #   make test-cassandra   start a one-node Apache Cassandra (Java, Maven) and run the Cassandra tests on both
 #   make bench  throughput, added latency and memory against the fakes, and v2 registrations and
-#               account pushes per second (installs wrk; PROFILE=1: py-spy)
+#               account pushes per second (installs wrk; PROFILE=1: py-spy; FAKE=node: the Node.js fakes)
 #   make bench-v2-cassandra   the v2 figures with SQLite, then with a one-node Cassandra
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 #   make sip-deps   Kamailio and SIPp, for the test that drives config/kamailio.cfg
