@@ -6,7 +6,7 @@
 #   make check  type-check sylkpush with mypy (settings in mypy.ini; installs mypy into .venv)
 #   make test-cassandra   start a one-node Apache Cassandra (Java, Maven) and run the Cassandra tests on both
 #   make bench  throughput, added latency and memory against the fakes, and v2 registrations and
-#               account pushes per second (installs wrk; PROFILE=1: py-spy)
+#               account pushes per second (installs wrk; PROFILE=1: py-spy; FAKE=node: the Node.js fakes)
 #   make bench-v2-cassandra   the v2 figures with SQLite, then with a one-node Cassandra
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 #   make sip-deps   Kamailio and SIPp, for the test that drives config/kamailio.cfg
@@ -109,6 +109,7 @@ deb:
 
 # make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase WORKERS=1,2 PROFILE=1
 # make bench AGAINST=/tmp/old-checkout   (each run also with that tree's daemon, alternating)
+# make bench FAKE=node   (the Node.js fake, scripts/bench-fake.mjs: far less CPU per request than the Python one)
 DURATION ?= 10
 LATENCIES ?= 0,50,200
 RATES ?= 0
@@ -118,6 +119,7 @@ QUEUED ?= 10000
 WORKERS ?= 1,2
 PROFILE ?=
 AGAINST ?=
+FAKE ?= python
 BENCH_ARGS ?=
 
 bench: $(STAMP)
@@ -125,7 +127,7 @@ bench: $(STAMP)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	@if [ -n "$(PROFILE)" ]; then $(VPY) -m pip install --quiet py-spy; fi
 	PYTHONPATH=. $(VPY) scripts/bench --duration $(DURATION) --latencies $(LATENCIES) --rates $(RATES) \
-	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) --workers $(WORKERS) \
+	  --fixed-rate $(FIXED_RATE) --platforms $(PLATFORMS) --queued $(QUEUED) --workers $(WORKERS) --fake $(FAKE) \
 	  $(if $(PROFILE),--profile) $(if $(AGAINST),--against $(AGAINST)) $(BENCH_ARGS)
 
 # the v2 lines only, with SQLite and then with a one-node Cassandra started for them

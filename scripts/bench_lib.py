@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,10 +18,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=HERE)
+NODE_FAKE = os.path.join(HERE, "scripts", "bench-fake.mjs")
 DAEMON = "import sys; from sylkpush.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
@@ -32,13 +34,16 @@ def raise_fd_limit() -> None:
 
 
 class Fake:
-    """A fake push service process with its control port."""
+    """A fake push service process with its control port: ``python -m module``, or
+    ``program`` (a command line: the Node fake, see :func:`node_fake`)."""
 
-    def __init__(self, module: str, directory: str, extra: List[str], python: str = sys.executable) -> None:
+    def __init__(self, module: str, directory: str, extra: List[str], python: str = sys.executable,
+                 program: Optional[List[str]] = None) -> None:
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.process = subprocess.Popen(
-            [python, "-u", "-m", module, "--dir", directory, "--control-port", "0", "--quiet", *extra],
+            [*(program or [python, "-u", "-m", module]), "--dir", directory, "--control-port", "0", "--quiet",
+             *extra],
             stdout=subprocess.PIPE, stderr=open(os.path.join(directory, "fake.log"), "w"),
             text=True, env=ENV)
         first = self.process.stdout.readline()
@@ -71,6 +76,46 @@ class Fake:
             self.process.send_signal(signal.SIGTERM)
         out, _ = self.process.communicate(timeout=30)
         return next((line for line in out.splitlines() if line.startswith("stats ")), "")
+
+
+def node_fake(service: str, directory: str, extra: List[str]) -> Fake:
+    """scripts/bench-fake.mjs serving ``service`` ("apns" or "fcm"), with the files it reads made
+    here as the Python fakes make theirs (node has no X.509 certificate maker)."""
+    node = shutil.which("node")
+    if node is None:
+        raise SystemExit("the Node fake needs node (Node.js 18 or later) on PATH: apt-get install nodejs")
+    write_node_fake_files(service, directory)
+    fake = Fake(f"{NODE_FAKE} --service {service}", directory, extra,
+                program=[node, NODE_FAKE, "--service", service])
+    if service == "fcm":  # what firebase_sections reads, as the Python fake writes it
+        from sylkpush.testing.fake_fcm import APPLICATIONS_FILE_NAME, SERVICE_ACCOUNT_FILE_NAME
+        account = os.path.join(directory, SERVICE_ACCOUNT_FILE_NAME)
+        with open(account) as stream:
+            project = json.load(stream)["project_id"]
+        with open(os.path.join(directory, APPLICATIONS_FILE_NAME), "w") as stream:
+            stream.write(f"[node-fake-fcm]\napp_id = com.example.fake.fcm\napp_type = sylk\n"
+                         f"app_platform = firebase\n"
+                         f"firebase_push_url = https://127.0.0.1:{fake.port}/v1/projects/{project}/messages:send\n"
+                         f"firebase_authorization_file = {account}\n"
+                         f"tls_ca_file = {os.path.join(directory, 'ca.crt')}\n")
+    return fake
+
+
+def write_node_fake_files(service: str, directory: str) -> None:
+    """What scripts/bench-fake.mjs reads in ``directory``: a CA (``ca.crt``), its server
+    certificate (``server.crt``, ``server.key``), and a client certificate for APNs
+    (``client.crt``, ``client.key``) or a service account for FCM whose ``token_uri``
+    names a free port, where the fake serves its token endpoint."""
+    from sylkpush.testing.certs import CertificateAuthority
+    from sylkpush.testing.fake_fcm import write_service_account
+    os.makedirs(directory, exist_ok=True)
+    ca = CertificateAuthority(f"Node fake {service} CA")
+    ca.write(directory, "ca")
+    ca.server(("localhost", "127.0.0.1", "::1")).write(directory, "server")
+    if service == "apns":
+        ca.client("Apple Push Services: fake", uid="com.example.fake").write(directory, "client")
+    else:
+        write_service_account(directory, f"https://127.0.0.1:{free_port()}/token")
 
 
 def free_port() -> int:
