@@ -22,6 +22,8 @@ from typing import Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=HERE)
+if HERE not in sys.path:  # this tree's sylkpush (certificates for the Node fake), without PYTHONPATH=.
+    sys.path.insert(1, HERE)
 NODE_FAKE = os.path.join(HERE, "scripts", "bench-fake.mjs")
 DAEMON = "import sys; from sylkpush.cli import main; sys.exit(main(sys.argv[1:]))"
 
