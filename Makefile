@@ -6,7 +6,7 @@
 #   make check  type-check sylkpush with mypy (settings in mypy.ini; installs mypy into .venv)
 #   make test-cassandra   start a one-node Apache Cassandra (Java, Maven) and run the Cassandra tests on both
 #   make bench  throughput, added latency and memory against the fakes, and v2 registrations and
-#               account pushes per second (installs wrk; PROFILE=1: py-spy; FAKE=node: the Node.js fakes)
+#               account pushes per second (installs wrk; PROFILE=1: py-spy; FAKE=python|node)
 #   make bench-v2-cassandra   the v2 figures with SQLite, then with a one-node Cassandra
 #   make soak   faults injected repeatedly under load; lost / duplicated / peak RSS
 #   make sip-deps   Kamailio and SIPp, for the test that drives config/kamailio.cfg
@@ -109,7 +109,8 @@ deb:
 
 # make bench DURATION=10 LATENCIES=0,50,200 RATES=0 FIXED_RATE=1000 PLATFORMS=apple,firebase WORKERS=1,2 PROFILE=1
 # make bench AGAINST=/tmp/old-checkout   (each run also with that tree's daemon, alternating)
-# make bench FAKE=node   (the Node.js fake, scripts/bench-fake.mjs: far less CPU per request than the Python one)
+# make bench FAKE=python   (the Python fakes; the default, auto, is the Node.js one, scripts/bench-fake.mjs, when node
+#                          is on PATH: far less CPU per request, so the figures are the daemon's)
 DURATION ?= 10
 LATENCIES ?= 0,50,200
 RATES ?= 0
@@ -119,7 +120,7 @@ QUEUED ?= 10000
 WORKERS ?= 1,2
 PROFILE ?=
 AGAINST ?=
-FAKE ?= python
+FAKE ?= auto
 BENCH_ARGS ?=
 
 bench: $(STAMP)
