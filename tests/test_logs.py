@@ -7,7 +7,8 @@ import logging
 
 from twisted.trial import unittest
 
-from sylkpush.logs import FORMAT, BufferingHandler, LogWriter, RedactingFilter, SecondCachingFormatter, log_format
+from sylkpush.logs import (FORMAT, BatchedStreamHandler, BufferingHandler, LogWriter, RedactingFilter,
+                           SecondCachingFormatter, log_format)
 
 
 def record(message, *args, exc_info=None):
@@ -58,6 +59,27 @@ class LogPipelineTests(unittest.TestCase):
         self.assertIn("Traceback", text)
         self.assertIn("ValueError", text)
         self.assertNotIn("eyJhbGciOiJFUzI1NiJ9", text)
+
+    def test_the_console_gets_a_batch_in_a_few_writes(self):
+        """stderr is line-buffered: a write per line was a system call per record."""
+        writes = []
+
+        class Stream(io.StringIO):
+            def write(self, text):
+                writes.append(text)
+                return super().write(text)
+        buffer = BufferingHandler(100)
+        buffer.addFilter(RedactingFilter())
+        stream = Stream()
+        console = BatchedStreamHandler(stream)
+        console.setFormatter(SecondCachingFormatter("%(levelname)s %(message)s"))
+        writer = LogWriter(buffer, [console], interval=0.01)
+        for n in range(70):
+            buffer.handle(record("line %d", n))
+        writer.start()
+        writer.stop()
+        self.assertEqual(stream.getvalue().splitlines(), [f"INFO line {n}" for n in range(70)])
+        self.assertEqual([text.count("\n") for text in writes], [32, 32, 6])
 
     def test_the_daemons_formatter_writes_what_logging_formatter_writes(self):
         try:
