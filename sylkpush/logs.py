@@ -331,7 +331,7 @@ class BatchedStreamHandler(logging.StreamHandler):
     batch: each write lets the reactor thread take the GIL back soon.
     """
 
-    chunk_lines = 32
+    chunk_lines = 8
 
     def __init__(self, stream: Any = None) -> None:
         super().__init__(stream)
