@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -82,13 +81,11 @@ class Fake:
 
 def node_fake(service: str, directory: str, extra: List[str]) -> Fake:
     """scripts/bench-fake.mjs serving ``service`` ("apns" or "fcm"), with the files it reads made
-    here as the Python fakes make theirs (node has no X.509 certificate maker)."""
-    node = shutil.which("node")
-    if node is None:
-        raise SystemExit("the Node fake needs node (Node.js 18 or later) on PATH: apt-get install nodejs")
+    here as the Python fakes make theirs (node has no X.509 certificate maker).  ``node`` must be
+    on PATH (the bench says so before it starts)."""
     write_node_fake_files(service, directory)
     fake = Fake(f"{NODE_FAKE} --service {service}", directory, extra,
-                program=[node, NODE_FAKE, "--service", service])
+                program=["node", NODE_FAKE, "--service", service])
     if service == "fcm":  # what firebase_sections reads, as the Python fake writes it
         from sylkpush.testing.fake_fcm import APPLICATIONS_FILE_NAME, SERVICE_ACCOUNT_FILE_NAME
         account = os.path.join(directory, SERVICE_ACCOUNT_FILE_NAME)
