@@ -116,7 +116,7 @@ def serve(settings: Settings, drain_timeout: Optional[float], listening: Optiona
     # imported here: the workers' metrics directory must be chosen before
     # prometheus-client is imported (sylkpush.service imports it)
     from twisted.internet import reactor
-    from sylkpush.service import DRAIN_TIMEOUT, PushServer, freeze_start_objects
+    from sylkpush.service import DRAIN_TIMEOUT, PushServer, tune_garbage_collector
     if drain_timeout is None:
         drain_timeout = DRAIN_TIMEOUT
     try:
@@ -138,7 +138,7 @@ def serve(settings: Settings, drain_timeout: Optional[float], listening: Optiona
             exit_code.append(1)
             reactor.stop()
             return
-        freeze_start_objects()
+        tune_garbage_collector()
         if supervisor:
             from sylkpush.workers import watch_parent
             watch_parent(reactor, supervisor)

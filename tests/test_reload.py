@@ -98,10 +98,11 @@ class ReloadTests(unittest.TestCase):
     def test_what_was_frozen_at_start_is_given_back_at_a_reload(self):
         import gc
 
-        from sylkpush.service import freeze_start_objects
+        from sylkpush.service import tune_garbage_collector
 
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
         self.addCleanup(gc.unfreeze)
-        freeze_start_objects()  # as the daemon does once it has started
+        tune_garbage_collector()  # as the daemon does once it has started
         self.assertGreater(gc.get_freeze_count(), 0)
         write_applications(self.directory, SYLK_APPLE_CHANGED + SYLK_FIREBASE)
         applied = yield self.server.reload()
@@ -236,6 +237,48 @@ class ReloadTests(unittest.TestCase):
             print(f"\nreload stream: 200 requests, {len(set(tokens))} answered, {len(sent) - len(set(sent))} "
                   f"duplicates, {200 - len(set(sent))} lost, {len(apple_clients)} clients, "
                   f"{sum(c.in_flight_at_stop for c in apple_clients)} in flight at retirement")
+
+
+class GarbageCollectorTests(unittest.TestCase):
+    """What the daemon does to the garbage collector once it has started."""
+
+    def setUp(self) -> None:
+        import gc
+
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        self.addCleanup(gc.unfreeze)
+
+    def collections_in_churn(self) -> list:
+        """The generations collected while objects are made and freed as
+        pushes in flight are: up to 5 000 alive at once."""
+        import gc
+
+        collected = []
+
+        def record(phase: str, info: dict) -> None:
+            if phase == "start":
+                collected.append(info["generation"])
+        gc.callbacks.append(record)
+        try:
+            for _ in range(50):
+                in_flight = [{"push": n} for n in range(5000)]
+                del in_flight
+        finally:
+            gc.callbacks.remove(record)
+        return collected
+
+    def test_objects_freed_by_their_counts_start_no_young_collection(self):
+        from sylkpush.service import tune_garbage_collector
+
+        tune_garbage_collector()
+        self.assertEqual(self.collections_in_churn(), [])
+
+    def test_the_default_threshold_would_collect_all_along(self):
+        # the measure above can fail: with CPython's threshold the same churn collects
+        import gc
+
+        gc.set_threshold(700)
+        self.assertGreater(len(self.collections_in_churn()), 50)
 
 
 class HandOverTests(unittest.TestCase):
