@@ -111,6 +111,29 @@ class ReloadTests(unittest.TestCase):
         self.assertEqual(gc.get_freeze_count(), 0)
 
     @defer.inlineCallbacks
+    def test_once_the_retired_clients_are_gone_the_rest_is_frozen_again(self):
+        import gc
+        import weakref
+
+        from sylkpush.service import tune_garbage_collector
+
+        self.addCleanup(gc.set_threshold, *gc.get_threshold())
+        self.addCleanup(gc.unfreeze)
+        tune_garbage_collector()
+        retired = weakref.ref(self.app().client)
+        write_applications(self.directory, SYLK_APPLE_CHANGED + SYLK_FIREBASE)
+        yield self.server.reload()
+        DelayedClient.instances = []  # the test double's own list of its clients
+        self.assertEqual(gc.get_freeze_count(), 0)  # until the retired client has stopped
+        for _ in range(200):  # 2 s at most
+            if gc.get_freeze_count():
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.assertGreater(gc.get_freeze_count(), 0)
+        self.assertIsNone(retired())  # freed before the rest was frozen
+        self.assertIsNot(self.app().client, None)
+
+    @defer.inlineCallbacks
     def test_changed_app_replaced(self):
         old = self.app().client
         write_applications(self.directory, SYLK_APPLE_CHANGED + SYLK_FIREBASE)
