@@ -243,7 +243,7 @@ class BufferingHandler(logging.Handler):
 
 class LogWriter:
     """The thread that formats and writes the buffered records, every
-    ``interval`` seconds or at once when :meth:`flush_now` is called."""
+    ``interval`` seconds, and what is left when :meth:`stop` is called."""
 
     def __init__(self, buffer: BufferingHandler, handlers: List[logging.Handler],
                  interval: float = WRITE_INTERVAL) -> None:

@@ -131,7 +131,7 @@ def tune_garbage_collector() -> None:
     their reference counts, not by the collector; but the ups and downs of
     their number alone went past the default threshold some 55 times a
     second, and those young collections, with the older ones they lead to,
-    took about 4 % of the CPU time of each push.  With the threshold at
+    took 3 to 4 % of the CPU time of each push.  With the threshold at
     :data:`YOUNG_COLLECTION_THRESHOLD` they run a few times a minute, a
     couple of milliseconds each.
     """
