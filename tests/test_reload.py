@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
 import threading
+import weakref
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
@@ -13,16 +15,26 @@ from twisted.trial import unittest
 from tests.doubles import DelayedClient, capture_logs, start_ops_server, write_applications
 from tests.helpers import LINPHONE_APPLE, SYLK_APPLE, SYLK_FIREBASE, post, wakeup
 from sylkpush.reload import FileWatcher
+from sylkpush.service import tune_garbage_collector
 
 SYLK_APPLE_CHANGED = SYLK_APPLE + "apple_apns_id = true\n"
 BROKEN_SYLK_APPLE = SYLK_APPLE + "apple_certificate = missing.pem\n"
 
 
 @defer.inlineCallbacks
-def until(condition, step=0.01):
-    """Wait (on the reactor, never blocking it) until ``condition()`` is true."""
-    while not condition():
+def until(condition, step=0.01, limit=None):
+    """Wait (on the reactor, never blocking it) until ``condition()`` is
+    true, or ``limit`` seconds have passed (the caller then asserts)."""
+    waited = 0.0
+    while not condition() and (limit is None or waited < limit):
         yield task.deferLater(reactor, step, lambda: None)
+        waited += step
+
+
+def keep_collector_settings(test):
+    """Give the garbage collector back its thresholds, and unfreeze, after ``test``."""
+    test.addCleanup(gc.set_threshold, *gc.get_threshold())
+    test.addCleanup(gc.unfreeze)
 
 
 class FileWatcherTests(unittest.TestCase):
@@ -96,12 +108,7 @@ class ReloadTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_what_was_frozen_at_start_is_given_back_at_a_reload(self):
-        import gc
-
-        from sylkpush.service import tune_garbage_collector
-
-        self.addCleanup(gc.set_threshold, *gc.get_threshold())
-        self.addCleanup(gc.unfreeze)
+        keep_collector_settings(self)
         tune_garbage_collector()  # as the daemon does once it has started
         self.assertGreater(gc.get_freeze_count(), 0)
         write_applications(self.directory, SYLK_APPLE_CHANGED + SYLK_FIREBASE)
@@ -112,23 +119,14 @@ class ReloadTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_once_the_retired_clients_are_gone_the_rest_is_frozen_again(self):
-        import gc
-        import weakref
-
-        from sylkpush.service import tune_garbage_collector
-
-        self.addCleanup(gc.set_threshold, *gc.get_threshold())
-        self.addCleanup(gc.unfreeze)
+        keep_collector_settings(self)
         tune_garbage_collector()
         retired = weakref.ref(self.app().client)
         write_applications(self.directory, SYLK_APPLE_CHANGED + SYLK_FIREBASE)
         yield self.server.reload()
         DelayedClient.instances = []  # the test double's own list of its clients
         self.assertEqual(gc.get_freeze_count(), 0)  # until the retired client has stopped
-        for _ in range(200):  # 2 s at most
-            if gc.get_freeze_count():
-                break
-            yield task.deferLater(reactor, 0.01, lambda: None)
+        yield until(gc.get_freeze_count, limit=2.0)
         self.assertGreater(gc.get_freeze_count(), 0)
         self.assertIsNone(retired())  # freed before the rest was frozen
         self.assertIsNot(self.app().client, None)
@@ -266,16 +264,11 @@ class GarbageCollectorTests(unittest.TestCase):
     """What the daemon does to the garbage collector once it has started."""
 
     def setUp(self) -> None:
-        import gc
-
-        self.addCleanup(gc.set_threshold, *gc.get_threshold())
-        self.addCleanup(gc.unfreeze)
+        keep_collector_settings(self)
 
     def collections_in_churn(self) -> list:
         """The generations collected while objects are made and freed as
         pushes in flight are: up to 5 000 alive at once."""
-        import gc
-
         collected = []
 
         def record(phase: str, info: dict) -> None:
@@ -291,15 +284,11 @@ class GarbageCollectorTests(unittest.TestCase):
         return collected
 
     def test_objects_freed_by_their_counts_start_no_young_collection(self):
-        from sylkpush.service import tune_garbage_collector
-
         tune_garbage_collector()
         self.assertEqual(self.collections_in_churn(), [])
 
     def test_the_default_threshold_would_collect_all_along(self):
         # the measure above can fail: with CPython's threshold the same churn collects
-        import gc
-
         gc.set_threshold(700)
         self.assertGreater(len(self.collections_in_churn()), 50)
 
